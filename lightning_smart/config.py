@@ -1,0 +1,131 @@
+"""Every SMART hyperparameter, its default and its allowed range: one home for each symbol.
+
+The dataclasses are validated at construction, so a bad value fails before any training with an
+error that names the key and the allowed range. Hydra registers the same classes in its
+ConfigStore (see :mod:`lightning_smart.cli`), so the YAML presets under ``conf/`` set values only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+RULES = ("paper", "mtdnn")
+NORMS = ("inf", "l2")
+EPSILON_SCALES = ("absolute", "relative")
+ASCENT_PRECISIONS = ("fp32", "autocast")
+
+
+class ConfigError(ValueError):
+    """A hyperparameter outside its allowed range; the message names the key."""
+
+
+def _check(group: str, key: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{group}.{key}={value!r} is not allowed: {key} must be {allowed}")
+
+
+def _number(group: str, key: str, value: Any) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    _check(group, key, value, is_number, "a finite number")
+
+
+@dataclass
+class SmartConfig:
+    """The smoothness-inducing adversarial regularizer (SPEC §2, steps 2–4).
+
+    Args:
+        lambda_s: λs, weight of the adversarial term R_s; 0 turns it off (≥ 0).
+        epsilon: ε, radius of the ball the perturbation is projected onto (> 0).
+        sigma: σ, standard deviation of the initial Gaussian noise (≥ 0).
+        eta: η, step size of the normalized ascent (> 0).
+        ascent_steps: K, number of ascent steps (≥ 0; 0 with σ > 0 is R3F, with σ = 0 R-Drop).
+        rule: ``paper`` (normalized step, then projection onto the ε-ball) or ``mtdnn`` (the public
+            implementations' per-token ℓ∞ normalization, no projection).
+        norm: ``inf`` or ``l2``: the ball and the gradient normalization of ``rule=paper``.
+        epsilon_scale: ``absolute``, or ``relative``: ε, σ and η are multiples of each token's RMS of
+            the perturbed tensor, so one value means the same relative perturbation in any model.
+        shared_dropout: the perturbed forwards replay the clean forward's dropout masks, so R_s
+            measures the perturbation alone.
+        ascent_precision: ``fp32`` runs the ascent (its target and its forward) without autocast, so
+            the direction is meaningful under mixed precision; ``autocast`` runs it like training.
+        perturb_at: dotted path of the submodule whose output is perturbed; ``auto`` picks a
+            transformers model's embeddings block in ``self.model``.
+        noise_seed: seed of the σ-noise, combined with the step; ``None`` uses ``torch.initial_seed()``.
+        probe: measure, once at fit start, the output change from the perturbation and from dropout.
+    """
+
+    lambda_s: float = 1.0
+    epsilon: float = 1e-5
+    sigma: float = 1e-5
+    eta: float = 1e-3
+    ascent_steps: int = 1
+    rule: str = "paper"
+    norm: str = "inf"
+    epsilon_scale: str = "absolute"
+    shared_dropout: bool = False
+    ascent_precision: str = "fp32"
+    perturb_at: str = "auto"
+    noise_seed: int | None = None
+    probe: bool = True
+
+    def __post_init__(self) -> None:
+        g = "smart"
+        for key in ("lambda_s", "epsilon", "sigma", "eta"):
+            _number(g, key, getattr(self, key))
+        _check(g, "lambda_s", self.lambda_s, self.lambda_s >= 0, "≥ 0")
+        _check(g, "epsilon", self.epsilon, self.epsilon > 0, "> 0")
+        _check(g, "sigma", self.sigma, self.sigma >= 0, "≥ 0")
+        _check(g, "eta", self.eta, self.eta > 0, "> 0")
+        k = self.ascent_steps
+        _check(g, "ascent_steps", k, isinstance(k, int) and not isinstance(k, bool) and k >= 0, "an integer ≥ 0")
+        _check(g, "rule", self.rule, self.rule in RULES, f"one of {', '.join(RULES)}")
+        _check(g, "norm", self.norm, self.norm in NORMS, f"one of {', '.join(NORMS)}")
+        _check(g, "epsilon_scale", self.epsilon_scale, self.epsilon_scale in EPSILON_SCALES,
+               f"one of {', '.join(EPSILON_SCALES)}")
+        _check(g, "ascent_precision", self.ascent_precision, self.ascent_precision in ASCENT_PRECISIONS,
+               f"one of {', '.join(ASCENT_PRECISIONS)}")
+        _check(g, "perturb_at", self.perturb_at, isinstance(self.perturb_at, str) and self.perturb_at != "",
+               "'auto' or a dotted submodule path")
+        for key in ("shared_dropout", "probe"):
+            _check(g, key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
+
+
+@dataclass
+class TeacherConfig:
+    """The momentum Bregman proximal point teacher (SPEC §2 steps 5 and 7, §4).
+
+    Args:
+        mu: μ, weight of the Bregman term D (≥ 0).
+        beta: β0, the EMA decay during the first ``warmup_fraction`` of the optimizer steps.
+        beta_final: β1, the EMA decay afterwards.
+        warmup_fraction: fraction of the run's optimizer steps that use β0 (0 to 1).
+        half_life: if set, replaces β0 → β1 by one β with β^(half_life·T) = 0.5, T the run's
+            optimizer steps: the teacher forgets half of the past in that fraction of the run.
+        dropout: run the teacher's forward with dropout (default: without).
+        validate: also evaluate the teacher's weights (``val/<metric>_teacher``).
+    """
+
+    mu: float = 1.0
+    beta: float = 0.99
+    beta_final: float = 0.999
+    warmup_fraction: float = 0.1
+    half_life: float | None = None
+    dropout: bool = False
+    validate: bool = False
+
+    def __post_init__(self) -> None:
+        g = "teacher"
+        for key in ("mu", "beta", "beta_final", "warmup_fraction"):
+            _number(g, key, getattr(self, key))
+        _check(g, "mu", self.mu, self.mu >= 0, "≥ 0")
+        _check(g, "beta", self.beta, 0 <= self.beta < 1, "in [0, 1)")
+        _check(g, "beta_final", self.beta_final, 0 <= self.beta_final < 1, "in [0, 1)")
+        _check(g, "warmup_fraction", self.warmup_fraction, 0 <= self.warmup_fraction <= 1, "in [0, 1]")
+        if self.half_life is not None:
+            _number(g, "half_life", self.half_life)
+            _check(g, "half_life", self.half_life, 0 < self.half_life <= 1,
+                   "null or a fraction of the run's optimizer steps in (0, 1]")
+        for key in ("dropout", "validate"):
+            _check(g, key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")

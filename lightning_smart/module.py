@@ -1,0 +1,292 @@
+"""``SmartLightningModule``: the SMART step of SPEC §2, in order, as a Lightning ``training_step``.
+
+List the mixin before ``L.LightningModule``. The step returns F = L + λs·R_s + μ·D; Lightning's
+automatic optimization then does backward, accumulation, clipping, AMP scaling and the optimizer
+step. The teacher (μ·D) comes from an attached :class:`TeacherProtocol`, normally
+:class:`~lightning_smart.teacher.EMATeacherCallback`, which attaches itself at fit start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from lightning_smart.config import ConfigError, SmartConfig
+from lightning_smart.divergence import is_regression, symmetric_divergence
+from lightning_smart.perturbation import (
+    ascent_step,
+    captured,
+    expand_mask,
+    per_example_norm,
+    perturbed,
+    sample_noise,
+    token_rms,
+)
+
+RngSnapshot = tuple[Tensor, Tensor | None]
+
+
+class TeacherProtocol(Protocol):
+    """What the mixin needs of a teacher: its weight μ and its outputs on a batch (no graph)."""
+
+    mu: float
+
+    def teacher_outputs(self, module: Any, batch: Any) -> Tensor: ...
+
+
+def _rng_snapshot(device: torch.device) -> RngSnapshot:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def _replayed(snapshot: RngSnapshot | None, device: torch.device) -> Iterator[None]:
+    """Within the block, dropout draws the masks it drew at ``snapshot``; afterwards the RNG is as before."""
+    if snapshot is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda" if cuda else None):
+        torch.set_rng_state(snapshot[0])
+        if snapshot[1] is not None:
+            torch.cuda.set_rng_state(snapshot[1], device)
+        yield
+
+
+class SmartLightningModule:
+    """Mixin that makes a LightningModule's ``training_step`` a SMART step.
+
+    Override three small methods where the defaults (a transformers model in ``self.model``, a
+    dict batch with ``labels`` and ``attention_mask``) do not fit: :meth:`smart_forward`,
+    :meth:`smart_task_loss` and :meth:`smart_padding_mask`. Any other model names the submodule
+    to perturb in ``smart.perturb_at``.
+
+    Args:
+        smart: the :class:`SmartConfig` (or a mapping of its keys); default: the paper's values.
+
+    Example::
+
+        class MyModel(SmartLightningModule, L.LightningModule):
+            def __init__(self):
+                super().__init__(smart=SmartConfig(lambda_s=1.0))
+                self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+        Trainer(callbacks=[EMATeacherCallback(mu=1.0)]).fit(MyModel(), datamodule)
+    """
+
+    smart: SmartConfig
+    smart_teacher: TeacherProtocol | None
+    smart_skipped: int
+
+    def __init__(self, *args: Any, smart: SmartConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.smart = smart if isinstance(smart, SmartConfig) else SmartConfig(**dict(smart or {}))
+        self.smart_teacher = None
+        self.smart_skipped = 0
+        self._smart_first_step_done = False
+
+    # -- the three methods users may override -------------------------------------------------
+
+    def smart_forward(self, batch: Any) -> Tensor:
+        """The model's outputs on a batch: logits ``[B, C]`` or regression outputs ``[B]``/``[B, 1]``."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.model(**inputs).logits  # type: ignore[attr-defined]
+
+    def smart_task_loss(self, outputs: Tensor, batch: Any) -> Tensor:
+        """L: cross-entropy for logits, mean squared error for regression outputs."""
+        labels = batch["labels"]
+        if is_regression(outputs):
+            return F.mse_loss(outputs.reshape(-1).float(), labels.reshape(-1).float())
+        return F.cross_entropy(outputs.float(), labels)
+
+    def smart_padding_mask(self, batch: Any) -> Tensor | None:
+        """``[B, T]``, 1 at real tokens; ``None`` treats every position as real."""
+        return batch.get("attention_mask") if isinstance(batch, Mapping) else None
+
+    # -- where δ goes -------------------------------------------------------------------------
+
+    def smart_perturbation_site(self) -> nn.Module:
+        """The submodule whose output is perturbed, from ``smart.perturb_at``."""
+        path = self.smart.perturb_at
+        owner: nn.Module = self  # type: ignore[assignment]
+        if path != "auto":
+            try:
+                return owner.get_submodule(path)
+            except AttributeError:
+                raise ConfigError(
+                    f"smart.perturb_at={path!r} names no submodule of {type(self).__name__}: give a dotted path"
+                    " from the LightningModule, e.g. 'model.bert.embeddings' (see named_modules())"
+                ) from None
+        model = getattr(self, "model", None)
+        inner = model
+        for _ in range(4):  # a PEFT wrapper's base_model chain ends at the transformer's own base model
+            embeddings = getattr(inner, "embeddings", None)
+            if isinstance(embeddings, nn.Module):
+                return embeddings
+            outer, inner = inner, getattr(inner, "base_model", None)
+            if inner is None or inner is outer:
+                break
+        get_input_embeddings = getattr(model, "get_input_embeddings", None)
+        word = get_input_embeddings() if callable(get_input_embeddings) else None
+        if isinstance(word, nn.Module):
+            return word
+        raise ConfigError(
+            f"smart.perturb_at='auto' found no embeddings in {type(self).__name__}: 'auto' needs a transformers"
+            " model in self.model; set smart.perturb_at to the dotted path of the submodule whose output to"
+            " perturb, e.g. 'embed'"
+        )
+
+    def smart_noise_seed(self, batch_idx: int) -> int:
+        """Seed of the σ-noise of this micro-batch: a function of the seed and the step, so resumes replay it."""
+        base = self.smart.noise_seed if self.smart.noise_seed is not None else torch.initial_seed()
+        step = int(self.global_step)  # type: ignore[attr-defined]
+        return ((base * 1_000_003 + step) * 1_000_003 + batch_idx) % (2**63 - 1)
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        cfg, teacher = self.smart, self.smart_teacher
+        if cfg.lambda_s == 0 and teacher is None:  # plain fine-tuning, bit for bit
+            outputs = self.smart_forward(batch)
+            task_loss = self.smart_task_loss(outputs, batch)
+            self._smart_log({"train/loss": task_loss, "train/task_loss": task_loss})
+            return task_loss
+
+        site = self.smart_perturbation_site()
+        rng = None
+        # 1. Clean forward, train mode: z = f(x; θ), task loss L(z, y).
+        with captured(site) as clean:
+            if cfg.shared_dropout:
+                rng = _rng_snapshot(self.device)  # type: ignore[attr-defined]
+            z = self.smart_forward(batch)
+        if clean.output is None:
+            raise ConfigError(
+                f"smart.perturb_at={cfg.perturb_at!r}: the submodule {type(site).__name__} was not called by"
+                " smart_forward(batch); name a submodule on the forward path"
+            )
+        x = clean.output
+        task_loss = self.smart_task_loss(z, batch)
+        loss = task_loss
+        logs: dict[str, Tensor | float] = {"train/task_loss": task_loss}
+
+        if cfg.lambda_s > 0:
+            if not self._smart_first_step_done:
+                self._smart_first_step(batch, batch_idx, site, x)
+            # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
+            delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
+            with perturbed(site, delta, scale), _replayed(rng, x.device):
+                adv_outputs = self.smart_forward(batch)
+            adv_reg = symmetric_divergence(adv_outputs, z)
+            if bool(finite & torch.isfinite(adv_reg)):  # one host sync per step: skipping must not touch θ
+                loss = loss + cfg.lambda_s * adv_reg
+            else:
+                self.smart_skipped += 1
+            shift = delta if scale is None else delta * scale
+            logs |= {"smart/adv_reg": adv_reg.detach(), "smart/skipped": float(self.smart_skipped),
+                     "smart/delta_norm": per_example_norm(shift, cfg.norm).mean()}
+
+        if teacher is not None:
+            # 5. D = ℓs(z, f(x; θ̃)), the teacher's output a constant of this step.
+            bregman = symmetric_divergence(z, teacher.teacher_outputs(self, batch))
+            loss = loss + teacher.mu * bregman
+            logs["smart/bregman"] = bregman.detach()
+
+        # 6. F = L + λs·R_s + μ·D; 7. (the teacher's EMA) runs after the optimizer step, in the callback.
+        logs["train/loss"] = loss.detach()
+        self._smart_log(logs)
+        return loss
+
+    def smart_perturbation(
+        self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor, target: Tensor, rng: RngSnapshot | None = None
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """δ for this batch: σ-noise then K ascent steps on ℓs(f(x + δ), target) by input-only gradients.
+
+        Returns δ (float32, detached), the per-token scale it is measured in (``epsilon_scale=relative``)
+        or ``None``, and whether every ascent gradient was finite (a 0-d bool tensor, not synced).
+        """
+        cfg = self.smart
+        mask = self.smart_padding_mask(batch)
+        scale = token_rms(x) if cfg.epsilon_scale == "relative" else None
+        delta = sample_noise(x, mask, cfg.sigma, self.smart_noise_seed(batch_idx))
+        finite = torch.ones((), dtype=torch.bool, device=x.device)
+        if cfg.ascent_steps == 0:
+            return delta, scale, finite
+        device_type = x.device.type
+        in_autocast = torch.is_autocast_enabled(device_type)
+        fp32 = cfg.ascent_precision == "fp32" and in_autocast
+        with torch.autocast(device_type, enabled=False) if fp32 else nullcontext():
+            if fp32:  # the target at the ascent's precision: a bf16 z differs from f32(x) by far more than δ moves it
+                with torch.no_grad(), _replayed(rng, x.device):
+                    target = self.smart_forward(batch)
+            for _ in range(cfg.ascent_steps):
+                delta.requires_grad_(True)
+                with perturbed(site, delta, scale), _replayed(rng, x.device):
+                    outputs = self.smart_forward(batch)
+                # g = ∂ℓs/∂δ only: no parameter .grad is touched and no weight gradient is computed.
+                (grad,) = torch.autograd.grad(symmetric_divergence(outputs, target), delta)
+                finite = finite & torch.isfinite(grad).all()
+                delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=cfg.epsilon,
+                                    rule=cfg.rule, norm=cfg.norm)
+        return delta, scale, finite
+
+    def smart_probe(self, batch: Any, batch_idx: int = 0) -> dict[str, float]:
+        """On one batch, the output change (ℓs) from the perturbation alone and from dropout alone.
+
+        ``perturbation_kl``: ℓs(f(x + δ), f(x)) with the same dropout masks on both sides;
+        ``dropout_kl``: ℓs between two clean forwards that differ only in their dropout masks.
+        """
+        site = self.smart_perturbation_site()
+        device: torch.device = self.device  # type: ignore[attr-defined]
+        rng = _rng_snapshot(device)
+        with captured(site) as clean, torch.no_grad():
+            z = self.smart_forward(batch)
+        assert clean.output is not None
+        delta, scale, _ = self.smart_perturbation(batch, batch_idx, site, clean.output, z, rng)
+        with torch.no_grad():
+            with perturbed(site, delta, scale), _replayed(rng, device):
+                adv = self.smart_forward(batch)
+            other_masks = self.smart_forward(batch)
+        return {"perturbation_kl": float(symmetric_divergence(adv, z)),
+                "dropout_kl": float(symmetric_divergence(other_masks, z))}
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _smart_first_step(self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor) -> None:
+        """Once per fit: warn where the compute dtype cannot resolve ε, and run the probe."""
+        self._smart_first_step_done = True
+        cfg = self.smart
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        real = expand_mask(self.smart_padding_mask(batch), x).expand_as(x) > 0
+        magnitude = x.detach().float().abs()[real].median().item()
+        spacing = torch.finfo(dtype).eps * magnitude
+        radius = cfg.epsilon * (magnitude if cfg.epsilon_scale == "relative" else 1.0)
+        if radius < spacing / 2:
+            rank_zero_warn(
+                f"smart.epsilon={cfg.epsilon:g} ({cfg.epsilon_scale}) is below what {dtype} resolves at the perturbed"
+                f" point (spacing {spacing:.2e} at median |x| = {magnitude:.3g}): the perturbed forward rounds δ"
+                f" away and R_s measures dropout alone. Remedy: smart.epsilon_scale=relative with"
+                f" smart.epsilon ≥ {torch.finfo(dtype).eps:.1e}, or train in 32-bit precision."
+            )
+        if cfg.probe:
+            probe = self.smart_probe(batch, batch_idx)
+            self._smart_log({"smart/probe_perturbation_kl": probe["perturbation_kl"],
+                             "smart/probe_dropout_kl": probe["dropout_kl"]})
+            if probe["perturbation_kl"] < 0.01 * probe["dropout_kl"]:
+                rank_zero_warn(
+                    f"SMART probe: the perturbation changes the output by ℓs = {probe['perturbation_kl']:.2e}, under 1%"
+                    f" of what dropout alone does ({probe['dropout_kl']:.2e}): R_s measures dropout consistency,"
+                    " not smoothness. Raise smart.epsilon (e.g. smart.epsilon_scale=relative) or set"
+                    " smart.shared_dropout=true."
+                )
+
+    def _smart_log(self, values: Mapping[str, Tensor | float]) -> None:
+        if getattr(self, "_trainer", None) is None:
+            return
+        for name, value in values.items():
+            self.log(name, value, on_step=True, on_epoch=False, prog_bar=name == "train/loss")  # type: ignore[attr-defined]

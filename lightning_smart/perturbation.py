@@ -1,0 +1,150 @@
+r"""The perturbation δ of SPEC §2 steps 2–3: noise, the ascent step, the projection, the forward hook.
+
+Pure tensor code; no Lightning. δ lives in float32 and has the shape of the perturbed tensor x
+(``[B, T, D]`` for embeddings); ``mask`` (``[B, T]``, 1 for real tokens) keeps it zero at padding and
+restricts every norm to the real tokens. With a ``scale`` (``epsilon_scale=relative``), δ is measured
+in units of each token's RMS: the hook adds ``scale * δ``, so every rule and bound below holds for
+δ / scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+TINY = 1e-12
+"""Guards the division by ‖g‖ (an all-zero gradient gives a zero step, not NaN)."""
+
+
+def expand_mask(mask: Tensor | None, like: Tensor) -> Tensor:
+    """``mask`` (``[B, T]``) as float32 broadcastable to ``like`` (``[B, T, ...]``); all ones if ``None``."""
+    if mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.float32, device=like.device).reshape(
+            like.shape[:2] + (1,) * (like.ndim - 2)
+        )
+    return mask.to(device=like.device, dtype=torch.float32).reshape(mask.shape + (1,) * (like.ndim - mask.ndim))
+
+
+def token_rms(x: Tensor) -> Tensor:
+    """Each token's RMS over its last dimension, float32, detached: the unit of ``epsilon_scale=relative``."""
+    return x.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
+
+
+def sample_noise(like: Tensor, mask: Tensor | None, sigma: float, seed: int) -> Tensor:
+    """δ0 ~ N(0, σ²) of ``like``'s shape, float32, zero at padding, drawn from a generator seeded by ``seed``.
+
+    A private generator makes the noise a function of the seed alone: a resumed run draws what an
+    uninterrupted one would, and the global RNG (dropout) is left as plain fine-tuning leaves it.
+    """
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    noise = torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float32)
+    return noise.mul_(sigma).mul_(expand_mask(mask, like))
+
+
+def per_example_norm(t: Tensor, norm: str) -> Tensor:
+    r""":math:`\|t_i\|_\infty` or :math:`\|t_i\|_2` of each example over all but the batch dimension.
+
+    The result keeps ``t``'s number of dimensions, so it broadcasts against ``t``.
+    """
+    flat = t.reshape(t.shape[0], -1)
+    out = flat.abs().amax(-1) if norm == "inf" else flat.norm(dim=-1)
+    return out.reshape((t.shape[0],) + (1,) * (t.ndim - 1))
+
+
+def project(delta: Tensor, epsilon: float, norm: str) -> Tensor:
+    r"""Π_ε: the nearest point of the ε-ball of each example.
+
+    .. math::
+        \Pi^\infty_\epsilon(\delta) = \mathrm{clamp}(\delta, -\epsilon, \epsilon), \qquad
+        \Pi^2_\epsilon(\delta_i) = \delta_i \min\!\left(1, \frac{\epsilon}{\|\delta_i\|_2}\right)
+    """
+    if norm == "inf":
+        bound = torch.tensor(epsilon, dtype=delta.dtype)
+        if bound.item() > epsilon:  # the bound is exact: the largest representable value ≤ ε
+            bound = torch.nextafter(bound, torch.zeros_like(bound))
+        return delta.clamp(-bound.item(), bound.item())
+    # The length in float64 and a radius shrunk by 4 ulp keep ‖δ_i‖₂ ≤ ε after rounding the product.
+    length = per_example_norm(delta.double(), "l2")
+    radius = epsilon * (1 - 4 * torch.finfo(delta.dtype).eps)
+    return delta * (radius / length.clamp_min(TINY)).clamp(max=1.0).to(delta.dtype)
+
+
+def ascent_step(
+    delta: Tensor, grad: Tensor, mask: Tensor | None, *, eta: float, epsilon: float, rule: str, norm: str
+) -> Tensor:
+    r"""One step of the inner maximization (SPEC §2 step 3).
+
+    ``rule="paper"``: a normalized step then the projection, per example over its real tokens,
+
+    .. math::
+        \delta \leftarrow \Pi_\epsilon\left(\delta + \eta\, \frac{g}{\|g\| + 10^{-12}}\right)
+
+    ``rule="mtdnn"``: the public implementations' per-token normalization, no projection,
+
+    .. math::
+        \delta_t \leftarrow \frac{\delta_t + \eta g_t}{\|\delta_t + \eta g_t\|_\infty + 10^{-6}}
+
+    Args:
+        delta: the current δ (float32).
+        grad: g = ∂ℓs/∂δ.
+        mask: ``[B, T]`` real-token mask or ``None``.
+        eta: η, the step size.
+        epsilon: ε, the radius (``rule="paper"`` only).
+        rule: ``paper`` or ``mtdnn``.
+        norm: ``inf`` or ``l2`` (``rule="paper"`` only).
+    """
+    m = expand_mask(mask, delta)
+    grad = grad.float() * m
+    if rule == "mtdnn":
+        step = delta + eta * grad
+        return step / (step.abs().amax(-1, keepdim=True) + 1e-6) * m
+    step = delta + eta * grad / (per_example_norm(grad, norm) + TINY)
+    return project(step * m, epsilon, norm)
+
+
+@contextmanager
+def perturbed(module: nn.Module, delta: Tensor, scale: Tensor | None = None) -> Iterator[None]:
+    """Within the block, ``module``'s output is ``output + scale * delta``.
+
+    A forward hook, so the model is called exactly as its users call it: nothing is fed back
+    through ``inputs_embeds`` (which would apply position embeddings and LayerNorm twice).
+    """
+    shift = delta if scale is None else delta * scale
+
+    def hook(_: nn.Module, __: Any, output: Any) -> Any:
+        first = output[0] if isinstance(output, tuple) else output
+        out = first + shift
+        if first.dtype != out.dtype and not torch.is_autocast_enabled(first.device.type):
+            out = out.to(first.dtype)  # a half-precision model without autocast keeps its dtype
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class Capture:
+    """The last output of a submodule, recorded by :func:`captured` (its graph kept)."""
+
+    output: Tensor | None = None
+
+
+@contextmanager
+def captured(module: nn.Module) -> Iterator[Capture]:
+    """Within the block, record ``module``'s output in the yielded :class:`Capture`."""
+    record = Capture()
+
+    def hook(_: nn.Module, __: Any, output: Any) -> None:
+        record.output = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield record
+    finally:
+        handle.remove()

@@ -1,0 +1,154 @@
+"""The app's config tree: one dataclass per group, registered with Hydra's ConfigStore (SPEC §6).
+
+Every key's type and default lives here, or in :class:`~lightning_smart.config.SmartConfig` and
+:class:`~lightning_smart.config.TeacherConfig`; the YAML presets under ``conf/`` set values only. A key
+that is not in a dataclass, or a value of the wrong type, fails at composition with Hydra's error naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from lightning_smart.config import SmartConfig, TeacherConfig
+from lightning_smart.data.assets import package_dir
+
+
+@dataclass
+class ModelConf:
+    """The pre-trained encoder and its optimizer (:class:`~lightning_smart.tasks.SequenceTask`).
+
+    Args:
+        name_or_path: a Hub name or local folder for ``AutoModelForSequenceClassification`` (required).
+        config: values that override the model's config, e.g. ``{num_hidden_layers: 2}``.
+        lr: AdamW's peak learning rate.
+        weight_decay: AdamW's weight decay.
+        warmup_ratio: fraction of the optimizer steps of linear warm-up.
+    """
+
+    name_or_path: str = MISSING
+    config: dict[str, Any] = field(default_factory=dict)
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+
+
+@dataclass
+class DataConf:
+    """:class:`~lightning_smart.data.TextDataModule`'s arguments (see there for each key)."""
+
+    _target_: str = "lightning_smart.data.TextDataModule"
+    source: str = "movies"
+    tokenizer: str | None = "${model.name_or_path}"
+    num_labels: int = 2
+    path: str | None = None
+    val_path: str | None = None
+    test_path: str | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    hub_subset: str | None = None
+    hub_val_split: str | None = "validation"
+    hub_test_split: str | None = None
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    val_size: float = 0.1
+    test_size: float = 0.1
+    split_seed: int = 0
+    train_size: int | None = None
+    ood: list[str] = field(default_factory=list)
+    ood_size: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConf:
+    """Arguments of ``lightning.pytorch.Trainer`` (Lightning's documentation describes each)."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int | None = None
+    max_steps: int = -1
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = 10
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: Any = None
+    fast_dev_run: Any = False
+
+
+@dataclass
+class LoggerConf:
+    """Which loggers write under the run's folder.
+
+    Args:
+        csv: ``csv/metrics.csv`` (the multirun plot reads it).
+        tensorboard: ``tensorboard/`` event files (needs the ``tensorboard`` package).
+    """
+
+    csv: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class CheckpointConf:
+    """``ModelCheckpoint`` on the run's ``metric``, under ``checkpoints/``.
+
+    Args:
+        save_top_k: how many best checkpoints to keep (0: none).
+        save_last: also keep ``last.ckpt`` (to resume with ``ckpt_path``): ``true``, ``false``, or ``link``, a
+            symbolic link when the step's best checkpoint holds the same state (one file on disk, not two).
+        save_weights_only: leave out optimizer and callback states (smaller; cannot resume training).
+    """
+
+    save_top_k: int = 1
+    save_last: Any = "link"
+    save_weights_only: bool = False
+
+
+@dataclass
+class AppConfig:
+    """The whole run.
+
+    Args:
+        seed: seeds Python, NumPy and torch (weights of the new head, dropout, SMART's noise, shuffling).
+        metric: the validation metric to checkpoint on and return to sweepers; ``None``: ``val/acc``
+            (classification) or ``val/pearson`` (regression).
+        test: evaluate the test and out-of-domain sets with the best checkpoint after training.
+        ckpt_path: resume training from this checkpoint (e.g. a run's ``checkpoints/last.ckpt``).
+        progress_bar: show Lightning's rich progress bar.
+    """
+
+    smart: SmartConfig = field(default_factory=SmartConfig)
+    teacher: TeacherConfig | None = field(default_factory=TeacherConfig)
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    trainer: TrainerConf = field(default_factory=TrainerConf)
+    logger: LoggerConf = field(default_factory=LoggerConf)
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    seed: int = 42
+    metric: str | None = None
+    test: bool = True
+    ckpt_path: str | None = None
+    progress_bar: bool = True
+
+
+def register_configs() -> None:
+    """Store the schema as ``app_schema`` (``conf/config.yaml`` starts from it) and add ``${package_dir:...}``."""
+    ConfigStore.instance().store(name="app_schema", node=AppConfig)
+    if not OmegaConf.has_resolver("package_dir"):
+        OmegaConf.register_new_resolver("package_dir", lambda name: str(package_dir(name)))

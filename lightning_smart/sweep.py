@@ -1,0 +1,195 @@
+"""The multirun aggregate: each setting's metrics across seeds, as a table and a plot of validation curves.
+
+A setting is a job's overrides that vary across the sweep, less ``seed``. Written in the sweep's folder
+when Hydra's multirun ends (:class:`AggregateSweep`), or again at any time with ``smart-aggregate DIR``:
+
+- ``aggregate.md``: per setting, the main metric (student, teacher, test sets) as median (mean ± std);
+- ``aggregate.csv``: every metric, one row per setting and metric: n, median, mean, std;
+- ``val_curves.png``: the main validation metric against the step, per setting (mean over seeds, min–max band).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback as HydraCallback
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+AGGREGATED_OVER = ("seed",)
+
+
+@dataclass
+class Job:
+    """One finished run of a sweep: its folder and its ``summary.json``."""
+
+    path: Path
+    summary: dict[str, Any]
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.summary["overrides"] if "=" in o)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every final metric under its logged name: ``val/acc``, ``val/acc_teacher``, ``test/movies/acc``."""
+        flat = {f"val/{k}": v for k, v in self.summary["val"].items()}
+        flat |= {f"val/{k}_teacher": v for k, v in (self.summary["val_teacher"] or {}).items()}
+        for test_set, values in self.summary["test"].items():
+            flat |= {f"test/{test_set}/{k}": v for k, v in values.items()}
+        return flat
+
+
+@dataclass
+class Row:
+    """One metric of one setting across its jobs."""
+
+    setting: str
+    metric: str
+    n: int
+    median: float
+    mean: float
+    std: float
+
+    def cell(self) -> str:
+        return f"{self.median:.3f} ({self.mean:.3f} ± {self.std:.3f})"
+
+
+def load_jobs(sweep_dir: str | Path) -> list[Job]:
+    """The sweep's finished jobs (each folder holding a ``summary.json``), in job order."""
+    def job_order(path: Path) -> tuple[int, int, str]:
+        name = path.parent.name
+        return len(path.parts), int(name) if name.isdigit() else -1, str(path)
+
+    paths = sorted(Path(sweep_dir).rglob("summary.json"), key=job_order)
+    return [Job(p.parent, json.loads(p.read_text())) for p in paths]
+
+
+def settings(jobs: Sequence[Job]) -> list[str]:
+    """Each job's setting: the overrides whose values differ across the jobs, less ``seed``."""
+    keys = sorted({k for job in jobs for k in job.overrides} - set(AGGREGATED_OVER))
+    varying = [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+    return [" ".join(f"{k}={job.overrides.get(k, '-')}" for k in varying) or "all" for job in jobs]
+
+
+def aggregate(jobs: Sequence[Job]) -> list[Row]:
+    """Median, mean and standard deviation (0 for a single job) of every metric of every setting."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for setting, job in zip(settings(jobs), jobs, strict=True):
+        for metric, value in job.metrics.items():
+            values[setting, metric].append(value)
+    return [
+        Row(setting, metric, len(v), statistics.median(v), statistics.fmean(v),
+            statistics.stdev(v) if len(v) > 1 else 0.0)
+        for (setting, metric), v in values.items()
+    ]
+
+
+def _main_columns(jobs: Sequence[Job], rows: Sequence[Row]) -> list[str]:
+    """The main metric, its teacher counterpart and its value on each test set, in that order."""
+    name = jobs[0].summary["metric"].removeprefix("val/")
+    wanted = [f"val/{name}", f"val/{name}_teacher"]
+    present = {row.metric for row in rows}
+    tests = sorted({m for m in present if m.startswith("test/") and m.endswith(f"/{name}")})
+    return [m for m in wanted if m in present] + tests
+
+
+def table(jobs: Sequence[Job], rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the compact table: per setting, each main column as median (mean ± std)."""
+    columns = _main_columns(jobs, rows)
+    by_key = {(row.setting, row.metric): row for row in rows}
+    header = ["setting", "n", *columns]
+    body = []
+    for setting in dict.fromkeys(settings(jobs)):
+        cells = [by_key[setting, m].cell() if (setting, m) in by_key else "—" for m in columns]
+        body.append([setting, str(by_key[setting, columns[0]].n), *cells])
+    return header, body
+
+
+def plot(jobs: Sequence[Job], path: Path) -> Path | None:
+    """``val_curves.png``: the main validation metric (student solid, teacher dashed) against the step."""
+    metric = jobs[0].summary["metric"]
+    curves: dict[tuple[str, str], list[dict[int, float]]] = defaultdict(list)
+    for setting, job in zip(settings(jobs), jobs, strict=True):
+        csv_path = job.summary["files"].get("metrics_csv")
+        if not csv_path or not (job.path / csv_path).is_file():
+            continue
+        with (job.path / csv_path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for who, column in (("student", metric), ("teacher", f"{metric}_teacher")):
+            points = {int(r["step"]): float(r[column]) for r in rows if r.get(column)}
+            if points:
+                curves[setting, who].append(points)
+    if not curves:
+        return None
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    colors = {s: f"C{i}" for i, s in enumerate(dict.fromkeys(s for s, _ in curves))}
+    for (setting, who), runs in curves.items():
+        steps = sorted(set().union(*runs))
+        at = [[run[s] for run in runs if s in run] for s in steps]
+        axes.plot(steps, [statistics.fmean(v) for v in at], color=colors[setting],
+                  linestyle="-" if who == "student" else "--", label=f"{setting} ({who}, n={len(runs)})")
+        axes.fill_between(steps, [min(v) for v in at], [max(v) for v in at], alpha=0.15, color=colors[setting])
+    axes.set(xlabel="optimizer step", ylabel=metric, title=f"{metric} per setting: mean over seeds, min–max band")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def write(sweep_dir: str | Path) -> list[Row]:
+    """Aggregate a sweep's folder: write ``aggregate.md``, ``aggregate.csv`` and ``val_curves.png``, print the table."""
+    sweep = Path(sweep_dir)
+    jobs = load_jobs(sweep)
+    if not jobs:
+        raise FileNotFoundError(f"{sweep} holds no summary.json: not a smart-train sweep folder, or no job finished")
+    rows = aggregate(jobs)
+    with (sweep / "aggregate.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([field.name for field in fields(Row)])
+        writer.writerows(astuple(row) for row in rows)
+    header, body = table(jobs, rows)
+    lines = [f"Across seeds: median (mean ± std). {len(jobs)} jobs in {sweep}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    (sweep / "aggregate.md").write_text("\n".join(lines) + "\n")
+    plotted = plot(jobs, sweep / "val_curves.png")
+
+    console = Console()
+    rich_table = Table(title=f"{len(jobs)} jobs · median (mean ± std) across seeds", title_justify="left")
+    for column in header:
+        rich_table.add_column(column, justify="left" if column == "setting" else "right")
+    for cells in body:
+        rich_table.add_row(*cells)
+    console.print(rich_table)
+    console.print(f"aggregate: {sweep / 'aggregate.md'}" + (f", plot: {plotted}" if plotted else ""))
+    return rows
+
+
+class AggregateSweep(HydraCallback):
+    """Hydra callback: :func:`write` the aggregate when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        write(config.hydra.sweep.dir)
+
+
+def aggregate_main(argv: Sequence[str] | None = None) -> None:
+    """``smart-aggregate SWEEP_DIR``: print (and rewrite) a finished or partial sweep's aggregate."""
+    parser = argparse.ArgumentParser(prog="smart-aggregate", description=aggregate_main.__doc__)
+    parser.add_argument("sweep_dir", help="a multirun folder, e.g. multirun/2026-01-31/12-00-00")
+    args = parser.parse_args(argv)
+    try:
+        write(args.sweep_dir)
+    except FileNotFoundError as err:
+        parser.error(str(err))

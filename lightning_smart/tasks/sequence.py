@@ -1,0 +1,115 @@
+"""``SequenceTask``: SMART fine-tuning of ``AutoModelForSequenceClassification``, with torchmetrics.
+
+Classification (``num_labels ≥ 2``) reports accuracy, macro-F1 and Matthews correlation;
+regression (``num_labels = 1``) Pearson and Spearman correlation. Validation metrics are logged as
+``val/<metric>``, the teacher's (with ``EMATeacherCallback(validate=True)``) as
+``val/<metric>_teacher``, and each named test set's as ``test/<name>/<metric>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from lightning_smart.config import SmartConfig
+from lightning_smart.module import SmartLightningModule
+
+
+def _metrics(num_labels: int) -> MetricCollection:
+    if num_labels == 1:
+        return MetricCollection({"pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()})
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_labels, average="micro"),
+        "f1": MulticlassF1Score(num_labels, average="macro"),
+        "mcc": MulticlassMatthewsCorrCoef(num_labels),
+    })
+
+
+class SequenceTask(SmartLightningModule, pl.LightningModule):
+    """Sequence classification or regression with SMART.
+
+    Args:
+        model: a Hub name or local folder for ``AutoModelForSequenceClassification``, or a ready model.
+        num_labels: number of classes; 1 for regression.
+        smart: the SMART hyperparameters.
+        lr: AdamW's peak learning rate.
+        weight_decay: AdamW's weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: fraction of the optimizer steps of linear warm-up before the linear decay.
+        model_overrides: config values for ``from_pretrained`` (e.g. ``{"num_hidden_layers": 2}``).
+        test_names: names of the test dataloaders, in order (``test/<name>/<metric>``).
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        num_labels: int = 2,
+        smart: SmartConfig | Mapping[str, Any] | None = None,
+        lr: float = 5e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        model_overrides: Mapping[str, Any] | None = None,
+        test_names: Sequence[str] = ("test",),
+    ) -> None:
+        super().__init__(smart=smart)
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"model.num_labels={num_labels!r} is not allowed: 1 (regression) or ≥ 2 classes")
+        self.save_hyperparameters({
+            "model": model if isinstance(model, str) else type(model).__name__,
+            "num_labels": num_labels, "smart": asdict(self.smart), "lr": lr, "weight_decay": weight_decay,
+            "warmup_ratio": warmup_ratio, "model_overrides": dict(model_overrides or {}),
+            "test_names": list(test_names),
+        })
+        if isinstance(model, str):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model, num_labels=num_labels, **dict(model_overrides or {})
+            )
+        self.model = model.train()  # from_pretrained returns eval mode: dropout would be off in training
+        self.num_labels = num_labels
+        self.test_names = list(test_names)
+        metrics = _metrics(num_labels)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.val_metrics_teacher = metrics.clone(prefix="val/", postfix="_teacher")
+        self.test_metrics = nn.ModuleList(metrics.clone(prefix=f"test/{name}/") for name in self.test_names)
+
+    def _predictions(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        outputs = self.smart_forward(batch).float()
+        preds = outputs.reshape(-1) if self.num_labels == 1 else outputs
+        return preds, batch["labels"]
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        preds, labels = self._predictions(batch)
+        self.log("val/loss", self.smart_task_loss(preds, batch), prog_bar=True, batch_size=len(labels))
+        self.val_metrics.update(preds, labels)
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def teacher_validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        preds, labels = self._predictions(batch)
+        self.val_metrics_teacher.update(preds, labels)
+        self.log_dict(self.val_metrics_teacher)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        preds, labels = self._predictions(batch)
+        metrics = self.test_metrics[dataloader_idx]
+        metrics.update(preds, labels)
+        self.log_dict(metrics, add_dataloader_idx=False)
+
+    def configure_optimizers(self) -> Any:
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,318 @@
+"""The SMART step of SPEC §2 on real modules: float64 reference, plain equivalence, other models, guards."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import VOCAB, tiny_bert, token_batch, token_loader
+from torch import nn
+
+from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig, SmartLightningModule, symmetric_kl
+from lightning_smart.tasks import SequenceTask
+
+
+def trainer(**kwargs) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, deterministic=True)
+    return pl.Trainer(**(defaults | kwargs))
+
+
+def ref_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    lp, lq = torch.log_softmax(p.double(), -1), torch.log_softmax(q.double(), -1)
+    return ((lp.exp() - lq.exp()) * (lp - lq)).sum(-1).mean()
+
+
+def attach_teacher(task: SequenceTask, mu: float = 0.7, shift: float = 0.02) -> EMATeacherCallback:
+    teacher = EMATeacherCallback(mu=mu)
+    teacher.on_fit_start(None, task)  # type: ignore[arg-type]
+    g = torch.Generator().manual_seed(5)
+    for e in teacher.ema.values():
+        e.add_(shift * torch.randn(e.shape, generator=g))
+    return teacher
+
+
+@pytest.mark.parametrize("norm", ["inf", "l2"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_full_loss_matches_float64_recomputation(norm: str, steps: int) -> None:
+    smart = SmartConfig(lambda_s=3.0, epsilon=0.1, sigma=0.05, eta=0.1, ascent_steps=steps, norm=norm, probe=False)
+    task = SequenceTask(tiny_bert(dropout=0.0, init_range=0.3), num_labels=3, smart=smart)
+    teacher = attach_teacher(task)
+    logged: dict[str, torch.Tensor] = {}
+    task._smart_log = logged.update  # type: ignore[method-assign]
+    batch = token_batch()
+    loss = task.training_step(batch, 0)
+
+    # Independent float64 recomputation of SPEC §2 steps 1–6.
+    student = copy.deepcopy(task.model).double()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+
+    def f(model: nn.Module, delta: torch.Tensor | None = None) -> torch.Tensor:
+        hook = model.bert.embeddings.register_forward_hook(lambda m, i, o: o + delta) if delta is not None else None
+        out = model(input_ids=ids, attention_mask=mask).logits
+        if hook is not None:
+            hook.remove()
+        return out
+
+    z = f(student)
+    task_loss = F.cross_entropy(z, labels)
+    real = mask.double()[..., None]
+    g = torch.Generator().manual_seed(task.smart_noise_seed(0))
+    delta = (torch.randn((*ids.shape, 16), generator=g) * smart.sigma).double() * real
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(ref_kl(f(student, delta), z.detach()), delta)
+        grad = grad * real
+        flat = grad.reshape(len(ids), -1)
+        length = flat.abs().amax(-1) if norm == "inf" else flat.norm(dim=-1)
+        delta = delta.detach() + smart.eta * grad / (length[:, None, None] + 1e-12)
+        if norm == "inf":
+            delta = delta.clamp(-smart.epsilon, smart.epsilon)
+        else:
+            n = delta.reshape(len(ids), -1).norm(dim=-1)[:, None, None]
+            delta = torch.where(n > smart.epsilon, delta * smart.epsilon / n, delta)
+    adv_reg = ref_kl(f(student, delta), z)
+    ema_model = copy.deepcopy(task.model).double()
+    ema_model.load_state_dict({k.removeprefix("model."): v for k, v in teacher.ema.items()}, strict=False)
+    bregman = ref_kl(z, f(ema_model.eval()))
+    expected = task_loss + smart.lambda_s * adv_reg + teacher.mu * bregman
+
+    assert adv_reg > 1e-4 and bregman > 1e-4  # both terms matter at these settings
+    assert abs(loss.double() - expected) <= 1e-6 * expected
+    torch.testing.assert_close(logged["smart/adv_reg"].double(), adv_reg, rtol=1e-3, atol=0)
+    torch.testing.assert_close(logged["smart/bregman"].double(), bregman, rtol=1e-3, atol=0)
+
+
+def test_ascent_touches_no_parameter_gradient() -> None:
+    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(ascent_steps=3, probe=False))
+    before = {n: torch.randn_like(p) for n, p in task.named_parameters()}
+    for n, p in task.named_parameters():
+        p.grad = before[n].clone()
+    batch = token_batch()
+    site = task.smart_perturbation_site()
+    with torch.no_grad():
+        z = task.smart_forward(batch)
+    from lightning_smart.perturbation import captured
+
+    with captured(site) as record:
+        task.smart_forward(batch)
+    delta, _, finite = task.smart_perturbation(batch, 0, site, record.output, z)
+    assert bool(finite) and delta.abs().max() > 0
+    for n, p in task.named_parameters():
+        assert torch.equal(p.grad, before[n]), n
+
+
+class PlainModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = tiny_bert(dropout=0.1, seed=3)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits, batch["labels"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+class SmartOffModule(SmartLightningModule, PlainModule):
+    def __init__(self) -> None:
+        super().__init__(smart=SmartConfig(lambda_s=0.0))
+
+
+def test_lambda_zero_without_teacher_is_plain_fine_tuning_bit_for_bit() -> None:
+    weights = []
+    for cls in (PlainModule, SmartOffModule):
+        pl.seed_everything(11)
+        module = cls()
+        trainer(max_steps=5).fit(module, token_loader(n=40))
+        weights.append(module.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    initial = {f"model.{n}": v for n, v in tiny_bert(dropout=0.1, seed=3).state_dict().items()}
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    assert sum(not torch.equal(v, initial[n]) for n, v in weights[0].items()) > 10
+
+
+class GRUClassifier(SmartLightningModule, pl.LightningModule):
+    """Embedding + GRU + linear: no transformers, so it names the submodule to perturb."""
+
+    def __init__(self, perturb_at: str = "embed") -> None:
+        super().__init__(smart=SmartConfig(perturb_at=perturb_at, epsilon=1e-2, sigma=1e-2, eta=1e-2, probe=False))
+        self.embed = nn.Embedding(VOCAB, 16)
+        self.gru = nn.GRU(16, 16, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def smart_forward(self, batch: dict) -> torch.Tensor:
+        out, _ = self.gru(self.embed(batch["input_ids"]))
+        return self.head(out[:, 0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=3e-2)
+
+
+def test_a_non_transformers_model_trains_by_naming_perturb_at() -> None:
+    pl.seed_everything(0)
+    model = GRUClassifier()
+    logged = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer(max_steps=30, callbacks=[Record()]).fit(model, token_loader(n=48))
+    assert logged[-1]["train/task_loss"] < 0.5 * logged[0]["train/task_loss"]
+    assert all(r["smart/adv_reg"] > 0 and r["smart/delta_norm"] > 0 for r in logged)
+    assert all(math.isclose(r["smart/delta_norm"], 1e-2, rel_tol=1e-5) for r in logged)
+
+
+@pytest.mark.parametrize(("perturb_at", "message"), [
+    ("auto", "smart.perturb_at='auto' found no embeddings in GRUClassifier"),
+    ("encoder.embed", "smart.perturb_at='encoder.embed' names no submodule of GRUClassifier"),
+])
+def test_perturb_at_that_finds_nothing_is_an_error_naming_it(perturb_at: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        trainer(max_steps=1).fit(GRUClassifier(perturb_at), token_loader())
+
+
+def test_bf16_mixed_gives_every_trainable_parameter_a_finite_nonzero_gradient() -> None:
+    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(probe=False))
+    grads: dict[str, torch.Tensor] = {}
+
+    class Grads(pl.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            grads.update({n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad})
+
+    teacher = EMATeacherCallback(mu=1.0)
+    trainer(max_steps=1, precision="bf16-mixed", callbacks=[teacher, Grads()]).fit(task, token_loader())
+    assert teacher.num_updates == 1
+    params = dict(task.named_parameters())
+    assert grads.keys() == params.keys()
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        assert grad.abs().sum() > 0, name
+
+
+def test_accumulation_and_clipping_update_the_teacher_once_per_optimizer_step() -> None:
+    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(probe=False), lr=5e-2,
+                        warmup_ratio=0.0)
+    teacher = EMATeacherCallback(mu=1.0)
+    norms: list[float] = []
+    changed: list[bool] = []
+
+    class Watch(pl.Callback):
+        def on_train_start(self, trainer, module):
+            self.last = [p.detach().clone() for p in module.parameters()]
+
+            def pre_step(optimizer, args, kwargs):
+                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+            trainer.optimizers[0].register_step_pre_hook(pre_step)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            now = [p.detach().clone() for p in module.parameters()]
+            changed.append(any(not torch.equal(a, b) for a, b in zip(now, self.last, strict=True)))
+            self.last = now
+
+    trainer(max_steps=3, accumulate_grad_batches=4, gradient_clip_val=1.0, callbacks=[teacher, Watch()]).fit(
+        task, token_loader(n=96, batch_size=8)
+    )
+    assert teacher.num_updates == 3
+    assert changed == [False, False, False, True] * 3
+    assert len(norms) == 3 and all(n <= 1.0 + 1e-5 for n in norms)
+    student = dict(task.named_parameters())
+    assert all(torch.isfinite(e).all() and not torch.equal(e, student[n]) for n, e in teacher.ema.items())
+
+
+class Overflowing(SequenceTask):
+    """Returns inf logits in the ascent (batch 1) or the perturbed forward (batch 2); NaN clean logits in batch 4."""
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self.calls, self.batch_idx = 0, batch_idx
+
+    def smart_forward(self, batch: dict) -> torch.Tensor:
+        self.calls += 1
+        out = super().smart_forward(batch)
+        poisoned = {(1, 2): math.inf, (2, 3): math.inf, (4, 1): math.nan}.get((self.batch_idx, self.calls))
+        return out * poisoned if poisoned is not None else out
+
+
+def test_a_non_finite_regularizer_is_skipped_and_counted_and_never_reaches_the_weights() -> None:
+    task = Overflowing(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(probe=False))
+    losses: list[torch.Tensor] = []
+    skipped: list[float] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(outputs["loss"].detach())
+            skipped.append(float(trainer.callback_metrics["smart/skipped"]))
+            if batch_idx == 3:
+                assert all(torch.isfinite(p).all() for p in module.parameters())
+
+    trainer(max_steps=5, callbacks=[Record()]).fit(task, token_loader(n=40))
+    assert task.smart_skipped == 3 and skipped == [0.0, 1.0, 2.0, 2.0, 3.0]  # a NaN z spoils R_s too
+    assert [bool(torch.isfinite(v)) for v in losses] == [True, True, True, True, False]  # L itself is not hidden
+
+
+def test_relative_epsilon_bounds_every_token_by_its_rms() -> None:
+    smart = SmartConfig(epsilon=0.05, sigma=0.03, eta=0.5, epsilon_scale="relative", probe=False)
+    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=smart)
+    batch = token_batch()
+    from lightning_smart.perturbation import captured, token_rms
+
+    site = task.smart_perturbation_site()
+    with captured(site) as record:
+        z = task.smart_forward(batch)
+    delta, scale, _ = task.smart_perturbation(batch, 0, site, record.output, z.detach())
+    torch.testing.assert_close(scale, token_rms(record.output))
+    shift = (delta * scale).abs().amax(-1, keepdim=True)
+    assert (shift <= smart.epsilon * scale * (1 + 1e-6)).all()
+    assert ((shift / scale)[batch["attention_mask"].bool()] > 0.9 * smart.epsilon).float().mean() > 0.5
+
+
+def _adv_reg(smart: SmartConfig, seed: int = 0) -> torch.Tensor:
+    task = SequenceTask(tiny_bert(dropout=0.2), num_labels=3, smart=smart)
+    logged: dict[str, torch.Tensor] = {}
+    task._smart_log = logged.update  # type: ignore[method-assign]
+    batch = token_batch()
+    torch.manual_seed(seed)
+    task.training_step(batch, 0)
+    return logged["smart/adv_reg"]
+
+
+def test_shared_dropout_makes_the_regularizer_measure_the_perturbation_alone() -> None:
+    assert _adv_reg(SmartConfig(shared_dropout=True, sigma=0.0, ascent_steps=0, probe=False)).item() == 0.0
+    values = [_adv_reg(SmartConfig(shared_dropout=True, epsilon=eps, sigma=eps, probe=False)).item()
+              for eps in (1e-1, 1e-2, 1e-3)]
+    assert values[0] > values[1] > values[2] > 0 and values[2] < 1e-3 * values[0]
+
+
+def test_without_shared_dropout_and_sigma_zero_the_regularizer_is_the_rdrop_term() -> None:
+    got = _adv_reg(SmartConfig(sigma=0.0, ascent_steps=0, probe=False), seed=4)
+    task = SequenceTask(tiny_bert(dropout=0.2), num_labels=3)
+    batch = token_batch()
+    torch.manual_seed(4)
+    first, second = task.smart_forward(batch), task.smart_forward(batch)
+    assert got > 0
+    torch.testing.assert_close(got, symmetric_kl(second, first), rtol=0, atol=0)
+
+
+def test_the_probe_logs_both_changes_and_warns_on_the_paper_preset() -> None:
+    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig())
+    run = trainer(max_steps=2)
+    with pytest.warns(UserWarning, match=r"SMART probe: the perturbation changes the output by"):
+        run.fit(task, token_loader())
+    metrics = run.callback_metrics
+    assert 0 < metrics["smart/probe_perturbation_kl"] < 0.01 * metrics["smart/probe_dropout_kl"]
+    probe = task.smart_probe(token_batch())
+    assert probe.keys() == {"perturbation_kl", "dropout_kl"}
+
+
+def test_labels_outside_num_labels_fail_with_a_message() -> None:
+    with pytest.raises(ValueError, match=r"model.num_labels=0 is not allowed"):
+        SequenceTask(tiny_bert(), num_labels=0)
