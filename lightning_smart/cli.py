@@ -27,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 import transformers
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
@@ -38,6 +39,7 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -152,6 +154,41 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _check_checkpoint(path: str, model: pl.LightningModule) -> None:
+    """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
+    key = f"ckpt_path={path!r}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no such file (resume from a run's checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a file that is no checkpoint
+        raise ConfigError(f"{key} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"{key} is not a Lightning checkpoint: it has no 'state_dict'")
+    saved, ours = set(ckpt["state_dict"]), set(model.state_dict())
+    if saved != ours:
+        missing, unexpected = sorted(ours - saved)[:3], sorted(saved - ours)[:3]
+        raise ConfigError(f"{key} was saved from another model: missing {missing}, unexpected {unexpected}")
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(f"{key} holds weights only (checkpoint.save_weights_only=true): it cannot resume training")
+
+
+def _refuse_relaunch_under_multirun(trainer: pl.Trainer, strategy: Any) -> None:
+    """Refuse a strategy that re-launches the command line per worker (``ddp``, ``fsdp``...) in a sweep.
+
+    Lightning's script launcher starts each worker with this process's ``sys.argv``: under ``--multirun`` that
+    is the whole sweep, so every worker would start the sweep again (a known Hydra + DDP pitfall). Spawned
+    workers (``ddp_spawn``) run the job's function instead.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} re-launches the command line in each worker, which "
+            "under --multirun would start the whole sweep again in every worker: use trainer.strategy=ddp_spawn "
+            "with --multirun (ddp is fine for single runs)"
+        )
+
+
 @dataclass
 class Run:
     """A run ready to fit: :func:`check`'s results, the model and a Trainer with its callbacks and loggers."""
@@ -180,6 +217,8 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     )
     if checked.smart.lambda_s > 0:
         model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
+    if cfg.ckpt_path is not None:
+        _check_checkpoint(cfg.ckpt_path, model)
     checkpoint = ModelCheckpoint(
         out / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False, monitor=checked.metric,
         mode="min" if checked.metric.endswith("loss") else "max", **OmegaConf.to_container(cfg.checkpoint),  # type: ignore[arg-type]
@@ -192,6 +231,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
         callbacks.append(EMATeacherCallback.from_config(checked.teacher))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, out) or False,
                           default_root_dir=str(out), enable_progress_bar=cfg.progress_bar)
+    _refuse_relaunch_under_multirun(trainer, cfg.trainer.strategy)
     return Run(checked, model, trainer, checkpoint, validation)
 
 
@@ -208,7 +248,10 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     run = build(cfg, out)
     checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
     trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path)
-    if run.validation.step != trainer.global_step:
+    # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
+    # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    if run.validation.step != trainer.global_step and not spawned:
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     test: dict[str, dict[str, float]] = {}
@@ -230,7 +273,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         },
         "data": checked.data.stats,
         "steps": trainer.global_step,
-        "smart_skipped": model.smart_skipped,
+        "smart_skipped": int(trainer.callback_metrics["smart/skipped"]) if spawned and
+        "smart/skipped" in trainer.callback_metrics else model.smart_skipped,
         "wall_time_s": round(time.perf_counter() - start, 1),
         "files": {"metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None,
                   "last_checkpoint": "checkpoints/last.ckpt" if cfg.checkpoint.save_last else None},

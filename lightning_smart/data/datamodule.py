@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any, cast
 import lightning.pytorch as pl
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from lightning_smart.data.assets import DataError, minilm_path
@@ -258,12 +259,26 @@ class TextDataModule(pl.LightningDataModule):
         self._features = {"train": self._encode(splits.train, by_length=False), "val": self._encode(splits.val)}
         self._test_features = {name: self._encode(examples) for name, examples in splits.test.items()}
 
+    def _train_sampler(self, features: Features) -> DistributedSampler | None:
+        """The training order: a shuffle seeded by the run's seed and the epoch, so a resumed run sees the same order.
+
+        ``DistributedSampler`` with one replica is torch's epoch-seeded shuffle; Lightning calls its ``set_epoch``
+        each epoch, and on a resume from the epoch's checkpoint. Several processes: ``None``, and Lightning puts its
+        own ``DistributedSampler`` (same seed, one shard per rank) in place of the plain shuffle.
+        """
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return None
+        return DistributedSampler(features, num_replicas=1, rank=0, shuffle=True,  # type: ignore[arg-type]
+                                  seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+
     def _loader(self, features: Features, train: bool = False) -> DataLoader:
         hp = self.args
+        sampler = self._train_sampler(features) if train else None
         return DataLoader(
             features,  # type: ignore[arg-type]
             batch_size=hp.batch_size if train else hp.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,

@@ -1,0 +1,155 @@
+"""The app where users run it: a resumed run equals an uninterrupted one; DDP under --multirun; bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from helpers_app import TINY, app_config, smart_train, write_csv
+
+from lightning_smart.cli import build, train
+from lightning_smart.config import ConfigError
+from lightning_smart.data import DataError
+from lightning_smart.teacher import EMATeacherCallback
+
+# 64 training examples in batches of 16: 4 optimizer steps an epoch, 8 in all, validated at each epoch's end.
+RESUMABLE = [
+    *[o for o in TINY if not o.startswith(("checkpoint.", "trainer.max_steps", "trainer.val_check_interval"))],
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "checkpoint.save_last=true",
+    "+model.config.hidden_dropout_prob=0.0",
+    "+model.config.attention_probs_dropout_prob=0.0",
+    "smart.sigma=1e-3",  # σ-noise on: it must be drawn the same after a resume
+]
+
+
+class Interrupt(pl.Callback):
+    """Stops the run as a crash would: an exception at the start of optimizer step ``at`` (0-based)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("interrupted")
+
+
+def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The student's weights and the teacher's EMA tensors in a checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt["callbacks"]["EMATeacherCallback"]["ema"]
+
+
+def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+    with app_config(RESUMABLE) as cfg:
+        straight = train(cfg, tmp_path / "straight")
+
+        run = build(cfg, tmp_path / "stopped")
+        run.trainer.callbacks.append(Interrupt(at=5))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run.trainer.fit(run.model, datamodule=run.checked.data)
+        assert _checkpoint(tmp_path / "stopped/checkpoints/last.ckpt")[0]  # saved at step 4, the epoch's end
+
+    with app_config([*RESUMABLE, f"ckpt_path={tmp_path / 'stopped/checkpoints/last.ckpt'}"]) as cfg:
+        resumed = train(cfg, tmp_path / "resumed")
+
+    assert resumed["steps"] == straight["steps"] == 8
+    assert resumed["val"] == straight["val"] and resumed["val_teacher"] == straight["val_teacher"]
+    student, teacher = _checkpoint(tmp_path / "straight/checkpoints/last.ckpt")
+    resumed_student, resumed_teacher = _checkpoint(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert student.keys() == resumed_student.keys() and teacher.keys() == resumed_teacher.keys()
+    for name, value in student.items():
+        assert torch.equal(value, resumed_student[name]), name
+    for name, value in teacher.items():
+        assert torch.equal(value, resumed_teacher[name]), name
+    # The teacher did move: had the resume restarted it from the student, the EMA would differ from the straight run.
+    assert any(not torch.equal(teacher[name], student[f"model.{name}"]) for name in teacher)
+
+
+def test_ddp_is_refused_under_multirun_before_training(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=1,2", "trainer.strategy=ddp", "trainer.devices=2", *TINY, f"hydra.sweep.dir={sweep}"]
+    result = smart_train(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "trainer.strategy='ddp' re-launches the command line in each worker" in result.stderr, result.stderr[-2000:]
+    assert "trainer.strategy=ddp_spawn" in result.stderr
+    assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*/checkpoints"))
+
+
+@pytest.mark.slow
+def test_ddp_spawn_under_multirun_runs_each_job_once(tmp_path: Path) -> None:
+    """The supported way: spawned workers run the job, the sweep runs once (2 jobs × 2 processes)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=1,2", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.strategy=ddp_spawn", "trainer.precision=32-true", *TINY, "trainer.max_steps=2",
+            f"hydra.sweep.dir={sweep}"]
+    result = smart_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert [s["config"]["seed"] for s in summaries] == [1, 2]
+    assert all(s["steps"] == 2 and 0 <= s["score"] <= 1 for s in summaries)
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no sweep inside a worker
+    assert result.stdout.count("Launching 2 jobs locally") == 1 and not (tmp_path / "multirun").exists()
+    assert "| seed" not in (sweep / "aggregate.md").read_text() and (sweep / "aggregate.md").is_file()
+
+
+def _labels_csv(tmp_path: Path, labels: list[int]) -> Path:
+    return write_csv(tmp_path / "labels.csv", "text,label", [f"text {i},{label}" for i, label in enumerate(labels)])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "named"),
+    [
+        (["data=csv", "data.path={labels}", "data.num_labels=2"], DataError,
+         ["labels.csv line 4", "5", "data.num_labels=2"]),
+        (["data=csv", "data.path={empty}"], DataError, ["empty.csv", "no rows"]),
+        (["smart.perturb_at=encoder.nowhere"], ConfigError, ["smart.perturb_at='encoder.nowhere'"]),
+        (["smart.ascent_steps=-1"], ConfigError, ["smart.ascent_steps=-1", ">= 0"]),
+        (["teacher.beta=1.0"], ConfigError, ["teacher.beta=1.0", "< 1"]),
+        (["smart.norm=l1"], ConfigError, ["smart.norm='l1'", "inf, l2"]),
+    ],
+    ids=["label-outside-num-labels", "empty-dataset", "perturb-at", "ascent-steps", "beta", "norm"],
+)
+def test_bad_input_fails_before_training_with_one_message(
+    tmp_path: Path, overrides: list[str], error: type[Exception], named: list[str]
+) -> None:
+    files = {"labels": _labels_csv(tmp_path, [0, 1, 5, 0] * 10), "empty": write_csv(tmp_path / "empty.csv", "text,label", [])}
+    with app_config([*TINY, *(o.format(**files) for o in overrides)]) as cfg, pytest.raises(error) as raised:
+        build(cfg, tmp_path / "run")  # everything short of fit
+    for part in named:
+        assert part in str(raised.value), str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None], ids=["unreadable", "foreign"])
+def test_an_unreadable_or_foreign_checkpoint_is_named_and_the_run_writes_no_summary(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    ckpt = tmp_path / "given.ckpt"
+    if content is None:  # a checkpoint of another model: a state_dict whose names are not ours
+        torch.save({"state_dict": {"other.weight": torch.zeros(1)}, "pytorch-lightning_version": pl.__version__}, ckpt)
+    else:
+        ckpt.write_bytes(content)
+    with app_config([*TINY, f"ckpt_path={ckpt}"]) as cfg, pytest.raises(ConfigError) as raised:
+        train(cfg, tmp_path / "run")
+    expected = "is not a readable checkpoint: UnpicklingError" if content else "was saved from another model"
+    assert f"ckpt_path={str(ckpt)!r} {expected}" in str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_checkpoint_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "none.ckpt"
+    with app_config([*TINY, f"ckpt_path={missing}"]) as cfg, pytest.raises(ConfigError) as raised:
+        build(cfg, tmp_path / "run")
+    assert str(raised.value) == f"ckpt_path={str(missing)!r}: no such file (resume from a run's checkpoints/last.ckpt)"
+
+
+def test_the_teacher_from_the_config_matches_the_callback() -> None:
+    with app_config([*TINY, "teacher.mu=2.0", "teacher.half_life=0.25"]) as cfg:
+        run = build(cfg, "unused")
+    (teacher,) = [c for c in run.trainer.callbacks if isinstance(c, EMATeacherCallback)]
+    assert teacher.mu == 2.0 and teacher.half_life == 0.25
