@@ -129,13 +129,20 @@ class CheckBeforeRun(HydraCallback):
 
 
 class _ValidationStep(Callback):
-    """Remembers the step of the last validation, so the summary always holds the final weights' metrics."""
+    """Remembers the step of the last validation, so the summary always holds the final weights' metrics.
+
+    At the end of training it also leaves the step count in ``callback_metrics``: spawned workers (``ddp_spawn``)
+    send those back to the main process, which knows no step count of its own.
+    """
 
     step = -1
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(trainer.global_step))
 
 
 def _loggers(cfg: DictConfig, out: Path) -> list[Logger]:
@@ -219,12 +226,19 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
         model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
     if cfg.ckpt_path is not None:
         _check_checkpoint(cfg.ckpt_path, model)
+    ckpt_cfg = OmegaConf.to_container(cfg.checkpoint)
+    save_last = ckpt_cfg.pop("save_last")  # type: ignore[union-attr]
     checkpoint = ModelCheckpoint(
         out / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False, monitor=checked.metric,
-        mode="min" if checked.metric.endswith("loss") else "max", **OmegaConf.to_container(cfg.checkpoint),  # type: ignore[arg-type]
+        mode="min" if checked.metric.endswith("loss") else "max", **ckpt_cfg,  # type: ignore[arg-type]
     )
+    callbacks: list[Callback] = [checkpoint]
+    if save_last:  # the latest validated step, overwritten at each validation: what a resume needs
+        callbacks.append(ModelCheckpoint(out / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                         enable_version_counter=False,
+                                         save_weights_only=cfg.checkpoint.save_weights_only))
     validation = _ValidationStep()
-    callbacks: list[Callback] = [checkpoint, validation, LearningRateMonitor("step")]
+    callbacks += [validation, LearningRateMonitor("step")]
     if cfg.progress_bar:
         callbacks += [RichProgressBar(), RichModelSummary()]
     if checked.teacher is not None:
@@ -251,9 +265,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
     # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-    if run.validation.step != trainer.global_step and not spawned:
+    steps = int(trainer.callback_metrics["trainer/global_step"]) if spawned else trainer.global_step
+    if run.validation.step != steps and not spawned:
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    trainer.callback_metrics.pop("trainer/global_step", None)
     test: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
         results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if checkpoint.best_model_path else None,
@@ -272,7 +288,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             "checkpoint": os.path.relpath(checkpoint.best_model_path, out) if checkpoint.best_model_path else None,
         },
         "data": checked.data.stats,
-        "steps": trainer.global_step,
+        "steps": steps,
         "smart_skipped": int(trainer.callback_metrics["smart/skipped"]) if spawned and
         "smart/skipped" in trainer.callback_metrics else model.smart_skipped,
         "wall_time_s": round(time.perf_counter() - start, 1),

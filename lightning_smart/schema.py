@@ -110,13 +110,13 @@ class CheckpointConf:
 
     Args:
         save_top_k: how many best checkpoints to keep (0: none).
-        save_last: also keep ``last.ckpt`` (to resume with ``ckpt_path``): ``true``, ``false``, or ``link``, a
-            symbolic link when the step's best checkpoint holds the same state (one file on disk, not two).
+        save_last: also keep ``last.ckpt``, the weights of the latest validation, best or not (to resume with
+            ``ckpt_path``; Lightning's own ``save_last`` follows the latest *best* checkpoint instead).
         save_weights_only: leave out optimizer and callback states (smaller; cannot resume training).
     """
 
     save_top_k: int = 1
-    save_last: Any = "link"
+    save_last: bool = True
     save_weights_only: bool = False
 
 
