@@ -27,9 +27,9 @@ import lightning.pytorch as pl
 import torch
 import transformers
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import CompactHydraException, InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
     Callback,
@@ -226,11 +226,11 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
         model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
     if cfg.ckpt_path is not None:
         _check_checkpoint(cfg.ckpt_path, model)
-    ckpt_cfg = OmegaConf.to_container(cfg.checkpoint)
-    save_last = ckpt_cfg.pop("save_last")  # type: ignore[union-attr]
+    ckpt_cfg: dict[str, Any] = OmegaConf.to_container(cfg.checkpoint)  # type: ignore[assignment]
+    save_last = ckpt_cfg.pop("save_last")
     checkpoint = ModelCheckpoint(
         out / "checkpoints", filename="best-step{step}", auto_insert_metric_name=False, monitor=checked.metric,
-        mode="min" if checked.metric.endswith("loss") else "max", **ckpt_cfg,  # type: ignore[arg-type]
+        mode="min" if checked.metric.endswith("loss") else "max", **ckpt_cfg,
     )
     callbacks: list[Callback] = [checkpoint]
     if save_last:  # the latest validated step, overwritten at each validation: what a resume needs

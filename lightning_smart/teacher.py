@@ -125,7 +125,7 @@ class EMATeacherCallback(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainable = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        trainable: dict[str, Tensor] = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
         if self._restored is not None:
             self._load_into(trainable, self._restored)
         else:
@@ -182,7 +182,8 @@ class EMATeacherCallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self.config.validate and self.ema:
-            self.run_as_teacher(pl_module, pl_module.teacher_validation_step, batch, batch_idx)  # type: ignore[operator]
+            step: Callable[..., Any] = pl_module.teacher_validation_step  # type: ignore[assignment]
+            self.run_as_teacher(pl_module, step, batch, batch_idx)
 
     # -- checkpoint ---------------------------------------------------------------------------
 

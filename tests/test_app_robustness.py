@@ -118,7 +118,8 @@ def _labels_csv(tmp_path: Path, labels: list[int]) -> Path:
 def test_bad_input_fails_before_training_with_one_message(
     tmp_path: Path, overrides: list[str], error: type[Exception], named: list[str]
 ) -> None:
-    files = {"labels": _labels_csv(tmp_path, [0, 1, 5, 0] * 10), "empty": write_csv(tmp_path / "empty.csv", "text,label", [])}
+    files = {"labels": _labels_csv(tmp_path, [0, 1, 5, 0] * 10),
+             "empty": write_csv(tmp_path / "empty.csv", "text,label", [])}
     with app_config([*TINY, *(o.format(**files) for o in overrides)]) as cfg, pytest.raises(error) as raised:
         build(cfg, tmp_path / "run")  # everything short of fit
     for part in named:

@@ -68,11 +68,10 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
             "warmup_ratio": warmup_ratio, "model_overrides": dict(model_overrides or {}),
             "test_names": list(test_names),
         })
-        if isinstance(model, str):
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model, num_labels=num_labels, **dict(model_overrides or {})
-            )
-        self.model = model.train()  # from_pretrained returns eval mode: dropout would be off in training
+        module: nn.Module = model if isinstance(model, nn.Module) else AutoModelForSequenceClassification.from_pretrained(
+            model, num_labels=num_labels, **dict(model_overrides or {})
+        )
+        self.model = module.train()  # from_pretrained returns eval mode: dropout would be off in training
         self.num_labels = num_labels
         self.test_names = list(test_names)
         metrics = _metrics(num_labels)
@@ -98,18 +97,19 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         preds, labels = self._predictions(batch)
-        metrics = self.test_metrics[dataloader_idx]
+        metrics: MetricCollection = self.test_metrics[dataloader_idx]  # type: ignore[assignment]
         metrics.update(preds, labels)
         self.log_dict(metrics, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> Any:
+        hp: Any = self.hparams
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": hp.weight_decay},
             {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
