@@ -68,8 +68,10 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
             "warmup_ratio": warmup_ratio, "model_overrides": dict(model_overrides or {}),
             "test_names": list(test_names),
         })
-        module: nn.Module = model if isinstance(model, nn.Module) else AutoModelForSequenceClassification.from_pretrained(
-            model, num_labels=num_labels, **dict(model_overrides or {})
+        module: nn.Module = (
+            model if isinstance(model, nn.Module)
+            else AutoModelForSequenceClassification.from_pretrained(model, num_labels=num_labels,
+                                                                    **dict(model_overrides or {}))
         )
         self.model = module.train()  # from_pretrained returns eval mode: dropout would be off in training
         self.num_labels = num_labels
