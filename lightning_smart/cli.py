@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -325,7 +326,17 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://lightning_smart.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """The ``smart-train`` console command; returns the final ``metric`` to sweepers."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return float(train(cfg, HydraConfig.get().runtime.output_dir)["score"])
+        return float(train(cfg, output_dir)["score"])
     except ConfigError as err:
+        _remove_if_only_hydra(output_dir)
         raise RunConfigError(str(err)) from err
+
+
+def _remove_if_only_hydra(output_dir: Path) -> None:
+    """Remove the folder Hydra made for a job that failed before training: its config copy and an empty log."""
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    entries = list(output_dir.iterdir()) if output_dir.is_dir() else []
+    if all(e.name in hydra_files for e in entries) and all(e.is_dir() or e.stat().st_size == 0 for e in entries):
+        shutil.rmtree(output_dir)

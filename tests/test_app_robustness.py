@@ -155,3 +155,11 @@ def test_the_teacher_from_the_config_matches_the_callback() -> None:
         run = build(cfg, "unused")
     (teacher,) = [c for c in run.trainer.callbacks if isinstance(c, EMATeacherCallback)]
     assert teacher.mu == 2.0 and teacher.config.half_life == 0.25
+
+
+def test_a_bad_perturb_at_through_the_command_leaves_no_run_folder(tmp_path: Path) -> None:
+    """Checked once the model is built, after Hydra made the run's folder: the command removes it again."""
+    run_dir = tmp_path / "run"
+    result = smart_train([*TINY, "smart.perturb_at=encoder.nowhere", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 1 and "smart.perturb_at='encoder.nowhere'" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not run_dir.exists()
