@@ -45,19 +45,6 @@ def _rng_snapshot(device: torch.device) -> RngSnapshot:
 
 
 @contextmanager
-def _weights_frozen(module: nn.Module) -> Iterator[None]:
-    """The ascent's forward records the path to δ only: no activation is saved for a weight gradient."""
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-
-
-@contextmanager
 def _replayed(snapshot: RngSnapshot | None, device: torch.device) -> Iterator[None]:
     """Within the block, dropout draws the masks it drew at ``snapshot``; afterwards the RNG is as before."""
     if snapshot is None:
@@ -232,7 +219,7 @@ class SmartLightningModule:
         device_type = x.device.type
         in_autocast = torch.is_autocast_enabled(device_type)
         fp32 = cfg.ascent_precision == "fp32" and in_autocast
-        with torch.autocast(device_type, enabled=False) if fp32 else nullcontext(), _weights_frozen(self):  # type: ignore[arg-type]
+        with torch.autocast(device_type, enabled=False) if fp32 else nullcontext():
             if fp32:  # the target at the ascent's precision: a bf16 z differs from f32(x) by far more than δ moves it
                 with torch.no_grad(), _replayed(rng, x.device):
                     target = self.smart_forward(batch)
