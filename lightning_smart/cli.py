@@ -132,8 +132,8 @@ class CheckBeforeRun(HydraCallback):
 class _ValidationStep(Callback):
     """Remembers the step of the last validation, so the summary always holds the final weights' metrics.
 
-    At the end of training it also leaves the step count in ``callback_metrics``: spawned workers (``ddp_spawn``)
-    send those back to the main process, which knows no step count of its own.
+    At the end of training it also leaves the step count in ``callback_metrics``, where the summary reads it: spawned
+    workers (``ddp_spawn``) send those metrics back to the main process, which has no step count of its own.
     """
 
     step = -1
@@ -265,12 +265,13 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path)
     # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
     # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
+    # Read before validate/test reset the metrics; the counter is logged only when λs > 0.
+    steps = int(trainer.callback_metrics.pop("trainer/global_step"))
+    skipped = int(trainer.callback_metrics.get("smart/skipped", model.smart_skipped))
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-    steps = int(trainer.callback_metrics["trainer/global_step"]) if spawned else trainer.global_step
     if run.validation.step != steps and not spawned:
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    trainer.callback_metrics.pop("trainer/global_step", None)
     test: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
         results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if checkpoint.best_model_path else None,
@@ -290,8 +291,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         },
         "data": checked.data.stats,
         "steps": steps,
-        "smart_skipped": int(trainer.callback_metrics["smart/skipped"]) if spawned and
-        "smart/skipped" in trainer.callback_metrics else model.smart_skipped,
+        "smart_skipped": skipped,
         "wall_time_s": round(time.perf_counter() - start, 1),
         "files": {"metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None,
                   "last_checkpoint": "checkpoints/last.ckpt" if cfg.checkpoint.save_last else None},
