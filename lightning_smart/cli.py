@@ -330,13 +330,19 @@ def main(cfg: DictConfig) -> float:
     try:
         return float(train(cfg, output_dir)["score"])
     except ConfigError as err:
-        _remove_if_only_hydra(output_dir)
-        raise RunConfigError(str(err)) from err
+        raise RunConfigError(str(err) + _remove_if_only_hydra(output_dir)) from err
 
 
-def _remove_if_only_hydra(output_dir: Path) -> None:
-    """Remove the folder Hydra made for a job that failed before training: its config copy and an empty log."""
+def _remove_if_only_hydra(output_dir: Path) -> str:
+    """Remove the folder Hydra made for a job that failed before training: its config copy and its log.
+
+    Returns what to add to the error message: nothing, or why the folder stays.
+    """
     hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
-    entries = list(output_dir.iterdir()) if output_dir.is_dir() else []
-    if all(e.name in hydra_files for e in entries) and all(e.is_dir() or e.stat().st_size == 0 for e in entries):
+    if not output_dir.is_dir() or any(e.name not in hydra_files for e in output_dir.iterdir()):
+        return ""  # no folder, or the job wrote files of its own: leave them to the user
+    try:
         shutil.rmtree(output_dir)
+    except OSError as err:
+        return f" (the run folder {output_dir} could not be removed: {err})"
+    return ""
