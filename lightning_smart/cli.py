@@ -132,11 +132,15 @@ class CheckBeforeRun(HydraCallback):
 class _ValidationStep(Callback):
     """Remembers the step of the last validation, so the summary always holds the final weights' metrics.
 
-    At the end of training it also leaves the step count in ``callback_metrics``, where the summary reads it: spawned
-    workers (``ddp_spawn``) send those metrics back to the main process, which has no step count of its own.
+    At the end of training it also leaves the step count and the best checkpoint's score in ``callback_metrics``,
+    where the summary reads them: spawned workers (``ddp_spawn``) send those metrics back to the main process,
+    which has neither of its own (Lightning's spawn launcher hands back the best checkpoint's path, not its score).
     """
 
     step = -1
+
+    def __init__(self, checkpoint: ModelCheckpoint) -> None:
+        self.checkpoint = checkpoint
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -144,6 +148,8 @@ class _ValidationStep(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(trainer.global_step))
+        if self.checkpoint.best_model_score is not None:
+            trainer.callback_metrics["trainer/best_score"] = self.checkpoint.best_model_score.detach().float().cpu()
 
 
 def _loggers(cfg: DictConfig, out: Path) -> list[Logger]:
@@ -238,7 +244,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
         callbacks.append(ModelCheckpoint(out / "checkpoints", filename="last", monitor=None, save_top_k=1,
                                          enable_version_counter=False,
                                          save_weights_only=cfg.checkpoint.save_weights_only))
-    validation = _ValidationStep()
+    validation = _ValidationStep(checkpoint)
     callbacks += [validation, LearningRateMonitor("step")]
     if cfg.progress_bar:
         callbacks += [RichProgressBar(), RichModelSummary()]
@@ -267,6 +273,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
     # Read before validate/test reset the metrics; the counter is logged only when λs > 0.
     steps = int(trainer.callback_metrics.pop("trainer/global_step"))
+    best_score = trainer.callback_metrics.pop("trainer/best_score", None)
     skipped = int(trainer.callback_metrics.get("smart/skipped", model.smart_skipped))
     spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
     if run.validation.step != steps and not spawned:
@@ -286,7 +293,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "val_teacher": {k.removesuffix("_teacher"): v for k, v in val.items() if k.endswith("_teacher")} or None,
         "test": test,
         "best": {
-            "score": None if checkpoint.best_model_score is None else float(checkpoint.best_model_score),
+            "score": None if best_score is None else float(best_score),
             "checkpoint": os.path.relpath(checkpoint.best_model_path, out) if checkpoint.best_model_path else None,
         },
         "data": checked.data.stats,

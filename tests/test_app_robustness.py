@@ -87,12 +87,16 @@ def test_ddp_spawn_under_multirun_runs_each_job_once(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=1,2", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
             "trainer.strategy=ddp_spawn", "trainer.precision=32-true", *TINY, "trainer.max_steps=2",
-            f"hydra.sweep.dir={sweep}"]
+            "checkpoint.save_top_k=1", f"hydra.sweep.dir={sweep}"]
     result = smart_train(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
     assert [s["config"]["seed"] for s in summaries] == [1, 2]
     assert all(s["steps"] == 2 and 0 <= s["score"] <= 1 for s in summaries)
+    # One validation (step 2): the best checkpoint is that step, and its score came back from the workers.
+    assert [s["best"]["score"] for s in summaries] == [s["score"] for s in summaries]
+    assert all((sweep / str(i) / s["best"]["checkpoint"]).is_file() for i, s in enumerate(summaries))
+    assert all(0 <= s["test"]["movies"]["acc"] <= 1 for s in summaries)
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]  # no sweep inside a worker
     assert result.stdout.count("Launching 2 jobs locally") == 1 and not (tmp_path / "multirun").exists()
     assert "| seed" not in (sweep / "aggregate.md").read_text() and (sweep / "aggregate.md").is_file()
