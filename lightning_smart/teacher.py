@@ -6,13 +6,16 @@ After each optimizer step (not each micro-batch):
     \tilde\theta \leftarrow \beta\,\tilde\theta + (1 - \beta)\,\theta, \qquad
     \beta = \begin{cases}\beta_0 & t < w\,T\\ \beta_1 & \text{otherwise}\end{cases}
 
-with t the update's index, T the run's optimizer steps and w ``warmup_fraction``. The teacher holds
+with t the update's index, T the run's optimizer steps and w ``warmup_fraction`` (or one β from a half-life;
+with ``ema_warmup``, β is capped by Mean Teacher's 1 − 1/(t + 1)). μ may rise from 0 by a sigmoid ramp-up
+(``rampup``; :mod:`lightning_smart.schedule`). The teacher holds
 the trainable parameters only, in float32; frozen ones are shared with the student. Its forward
 swaps the EMA tensors in with :func:`torch.func.functional_call`: no copy of the module.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_smart.config import TeacherConfig
+from lightning_smart.schedule import ema_warmup, rampup
 
 
 class _Call(nn.Module):
@@ -62,6 +66,8 @@ class EMATeacherCallback(Callback):
         dropout: run the teacher's forward with dropout.
         validate: also evaluate θ̃ each validation batch through the module's
             ``teacher_validation_step(batch, batch_idx)`` (it logs ``val/<metric>_teacher``).
+        rampup: fraction of the run's optimizer steps over which μ rises from 0 (sigmoid ramp-up).
+        ema_warmup: cap β at 1 − 1/(t + 1) at the t-th update (Mean Teacher's true average at the start).
 
     Example::
 
@@ -77,8 +83,11 @@ class EMATeacherCallback(Callback):
         half_life: float | None = None,
         dropout: bool = False,
         validate: bool = False,
+        rampup: float = 0.0,
+        ema_warmup: bool = False,
     ) -> None:
-        self.config = TeacherConfig(mu, beta, beta_final, warmup_fraction, half_life, dropout, validate)
+        self.config = TeacherConfig(mu, beta, beta_final, warmup_fraction, half_life, dropout, validate, rampup,
+                                    ema_warmup)
         self.mu = mu
         self.ema: dict[str, Tensor] = {}
         self.num_updates = 0
@@ -91,7 +100,7 @@ class EMATeacherCallback(Callback):
     @classmethod
     def from_config(cls, config: TeacherConfig) -> EMATeacherCallback:
         return cls(config.mu, config.beta, config.beta_final, config.warmup_fraction, config.half_life,
-                   config.dropout, config.validate)
+                   config.dropout, config.validate, config.rampup, config.ema_warmup)
 
     @property
     def state_key(self) -> str:
@@ -103,8 +112,14 @@ class EMATeacherCallback(Callback):
         """β of the update with index ``update`` (0-based) in a run of ``total_steps`` optimizer steps."""
         cfg = self.config
         if cfg.half_life is not None:
-            return 0.5 ** (1.0 / max(cfg.half_life * self.total_steps, 1e-12))
-        return cfg.beta if update < cfg.warmup_fraction * self.total_steps else cfg.beta_final
+            beta = 0.5 ** (1.0 / max(cfg.half_life * self.total_steps, 1e-12))
+        else:
+            beta = cfg.beta if update < cfg.warmup_fraction * self.total_steps else cfg.beta_final
+        return ema_warmup(beta, update + 1) if cfg.ema_warmup else beta
+
+    def weight(self, step: int) -> float:
+        """μ at optimizer step ``step`` (0-based): μ times the ramp-up's factor, μ itself without a ramp."""
+        return self.mu * rampup(step, self.total_steps, self.config.rampup)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -135,7 +150,19 @@ class EMATeacherCallback(Callback):
         pl_module.smart_teacher = self  # type: ignore[assignment]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.total_steps = int(trainer.estimated_stepping_batches)
+        total = trainer.estimated_stepping_batches
+        cfg = self.config
+        needs_length = [key for key, used in (
+            ("half_life", cfg.half_life is not None),
+            ("warmup_fraction", 0 < cfg.warmup_fraction < 1 and cfg.beta != cfg.beta_final),
+            ("rampup", cfg.rampup > 0),
+        ) if used]
+        if not math.isfinite(total) and needs_length:
+            raise ValueError(
+                f"teacher.{needs_length[0]} is a fraction of the run's optimizer steps, but this run has no known"
+                " length: set trainer.max_steps or trainer.max_epochs"
+            )
+        self.total_steps = int(total) if math.isfinite(total) else 0
         self._last_global_step = trainer.global_step
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

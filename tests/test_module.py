@@ -82,7 +82,12 @@ def test_full_loss_matches_float64_recomputation(norm: str, steps: int) -> None:
     expected = task_loss + smart.lambda_s * adv_reg + teacher.mu * bregman
 
     assert adv_reg > 1e-4 and bregman > 1e-4  # both terms matter at these settings
-    assert abs(loss.double() - expected) <= 1e-6 * expected
+    # The step runs in float32: each of the ≈ 30 float32 operations in sequence from the embeddings to F (2 layers
+    # of attention, FFN and 2 LayerNorms, the pooler, the head, log-softmax, the three forwards' divergences) rounds
+    # by at most eps/2 relative, so to first order F is off by ≲ 15 eps; 64 eps (7.6e-6) leaves a factor of 4 for
+    # the conditioning of softmax and LayerNorm, whatever kernels a transformers or torch version picks. The
+    # logged terms below pin R_s and D to 1e-3 each.
+    assert abs(loss.double() - expected) <= 64 * torch.finfo(torch.float32).eps * expected
     torch.testing.assert_close(logged["smart/adv_reg"].double(), adv_reg, rtol=1e-3, atol=0)
     torch.testing.assert_close(logged["smart/bregman"].double(), bregman, rtol=1e-3, atol=0)
 
