@@ -14,9 +14,14 @@ A run writes, under Hydra's output folder: ``csv/metrics.csv``, ``checkpoints/``
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import math
 import os
+import random
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -25,6 +30,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import transformers
 from hydra.core.hydra_config import HydraConfig
@@ -40,8 +46,9 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
@@ -50,7 +57,8 @@ from transformers import AutoConfig
 from lightning_smart import __version__
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import TextDataModule
-from lightning_smart.schema import register_configs
+from lightning_smart.schema import TrainerConf, register_configs
+from lightning_smart.sweep import replacing
 from lightning_smart.tasks import SequenceTask
 from lightning_smart.teacher import EMATeacherCallback
 
@@ -82,21 +90,120 @@ def _metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
     return str(metric)
 
 
+def _not_allowed(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not allowed: {why}")
+
+
+def _check_run(cfg: DictConfig) -> None:
+    """The app's own keys: the seed and the optimizer's settings (the model's and data's are checked where used)."""
+    seed = cfg.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise _not_allowed("seed", seed, f"an integer in [0, {2**32 - 1}] (NumPy's seed range)")
+    model = cfg.model
+    if not math.isfinite(model.lr) or model.lr <= 0:
+        raise _not_allowed("model.lr", model.lr, "AdamW's peak learning rate must be a finite number > 0")
+    if not math.isfinite(model.weight_decay) or model.weight_decay < 0:
+        raise _not_allowed("model.weight_decay", model.weight_decay, "a finite number ≥ 0")
+    if not 0 <= model.warmup_ratio <= 1:
+        raise _not_allowed("model.warmup_ratio", model.warmup_ratio, "a fraction of the run's steps in [0, 1]:"
+                           " above 1 the learning rate would never reach model.lr")
+    if cfg.checkpoint.save_top_k < -1:
+        raise _not_allowed("checkpoint.save_top_k", cfg.checkpoint.save_top_k, "an integer ≥ -1 (-1 keeps all)")
+
+
+# Values Lightning accepts when the Trainer is built but refuses, or misbehaves with, once training runs.
+_TRAINER_RULES: dict[str, tuple[Any, str]] = {
+    "accumulate_grad_batches": (lambda v: isinstance(v, int) and v >= 1, "an integer ≥ 1"),
+    "log_every_n_steps": (lambda v: v is None or v >= 1, "an integer ≥ 1, or null"),
+    "check_val_every_n_epoch": (lambda v: v is None or v >= 1, "an integer ≥ 1, or null (validate by steps)"),
+    "gradient_clip_val": (lambda v: v is None or (math.isfinite(v) and v >= 0), "a finite number ≥ 0, or null"),
+    "num_sanity_val_steps": (lambda v: v is None or v >= -1, "an integer ≥ -1, or null"),
+}
+
+
+def _trainer_error(trainer: DictConfig | ListConfig) -> BaseException | None:
+    """Lightning's own error for these Trainer values, or ``None``: the Trainer is built with no logger, callback or
+    checkpointing, so it writes nothing."""
+    target = OmegaConf.to_container(trainer)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # "GPU available: ..." belongs to the run, not to its check
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            instantiate(target, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root)
+    except InstantiationException as err:
+        return err.__cause__ or err
+    except Exception as err:  # Lightning refuses with ValueError, TypeError, MisconfigurationException alike
+        return err
+    finally:
+        lightning_log.setLevel(level)
+    return None
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Every ``trainer.*`` value Lightning would refuse, found before training, with the key named.
+
+    Lightning is the judge: the Trainer is built once here. When it refuses, each value the user set is tried alone
+    on the defaults, so the message names the key at fault (or all of them, for a combination).
+    """
+    trainer = cfg.trainer
+    for key, (ok, allowed) in _TRAINER_RULES.items():
+        if key in trainer and not ok(trainer[key]):
+            raise _not_allowed(f"trainer.{key}", trainer[key], allowed)
+    error = _trainer_error(trainer)
+    if error is not None:
+        defaults = OmegaConf.structured(TrainerConf)
+        given = {k: v for k, v in trainer.items() if k != "_target_" and (k not in defaults or v != defaults[k])}
+        at_fault = [k for k in given if _trainer_error(OmegaConf.merge(defaults, {k: given[k]}))]
+        keys = at_fault[:1] or list(given)
+        where = " with ".join(f"trainer.{k}={given[k]!r}" for k in keys) or "trainer"
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{where} is not allowed: Lightning refuses it: {message}")
+    if trainer.max_steps == -1 and trainer.max_epochs == -1:
+        raise _not_allowed("trainer.max_steps", -1, "with trainer.max_epochs=-1 the run has no known length, which"
+                           " the learning-rate schedule (and the teacher's β schedule and ramp-ups) are fractions of:"
+                           " set trainer.max_steps or trainer.max_epochs")
+
+
+def _check_sweeper(cfg: DictConfig, metric: str) -> None:
+    """An Optuna search must optimize ``metric`` the way the checkpoint does: up, or down for a loss."""
+    if "hydra" in cfg:
+        sweeper = cfg.hydra.sweeper
+    elif HydraConfig.initialized():
+        sweeper = HydraConfig.get().sweeper
+    else:
+        return
+    direction = sweeper.get("direction")
+    if direction is None or not isinstance(direction, str):
+        return
+    wanted = "minimize" if metric.endswith("loss") else "maximize"
+    if str(direction).lower() != wanted:
+        raise _not_allowed("hydra.sweeper.direction", str(direction), f"metric={metric} is "
+                           f"{wanted[:-1]}ed (best checkpoint and sweeper must agree): use {wanted}")
+
+
 def check(cfg: DictConfig) -> Checked:
     """Validate everything that can be checked before training, writing nothing.
 
-    The hyperparameters (their dataclasses' ranges), the model's config, the tokenizer and the data (files,
-    columns, labels, splits) and the monitored metric. Raises :class:`~lightning_smart.config.ConfigError`
-    (or an OmegaConf error for a missing ``???`` value) naming the key or the file.
+    The hyperparameters (their dataclasses' ranges), the seed and the optimizer's settings, the Trainer's values
+    (as Lightning would take them), the model's config, the tokenizer and the data (files, columns, labels,
+    splits), the monitored metric and, in a sweep, the sweeper's direction. Raises
+    :class:`~lightning_smart.config.ConfigError` (or an OmegaConf error for a missing ``???`` value) naming the key
+    or the file.
     """
     smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
     teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
+    _check_run(cfg)
+    _check_trainer(cfg)
     try:
         AutoConfig.from_pretrained(cfg.model.name_or_path)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r} could not be loaded: {err}") from None
     if cfg.logger.tensorboard and not (find_spec("tensorboard") or find_spec("tensorboardX")):
         raise ConfigError("logger.tensorboard=true needs TensorBoard: pip install tensorboard (or logger=csv)")
+    metric = _metric(cfg, teacher)
+    _check_sweeper(cfg, metric)
     try:
         data: TextDataModule = instantiate(cfg.data, _convert_="all")
     except InstantiationException as err:  # Hydra wraps the data module's own error, which names the key
@@ -105,7 +212,7 @@ def check(cfg: DictConfig) -> Checked:
         raise
     data.load()
     _ = data.tokenizer
-    return Checked(smart, teacher, data, _metric(cfg, teacher))
+    return Checked(smart, teacher, data, metric)
 
 
 class CheckBeforeRun(HydraCallback):
@@ -152,6 +259,40 @@ class _ValidationStep(Callback):
             trainer.callback_metrics["trainer/best_score"] = self.checkpoint.best_model_score.detach().float().cpu()
 
 
+class RandomState(Callback):
+    """Saves the global random states (torch, CUDA, NumPy, Python) in the checkpoint, and restores them on a resume.
+
+    Dropout draws its masks from torch's global generator, which Lightning does not checkpoint. The states are
+    taken when the checkpoint is written, and put back just before the first training batch after the resume: later
+    than anything a resumed fit draws at its start (the SMART probe's forwards, the sanity check), which the
+    uninterrupted run drew long before.
+    """
+
+    def __init__(self) -> None:
+        self._restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain lists and tensors: Lightning reloads checkpoints with torch.load(weights_only=True), which refuses
+        # NumPy arrays.
+        name, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [name, np.asarray(keys).tolist(), position, has_gauss, gauss],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restore = state_dict
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self._restore is not None:
+            state, self._restore = self._restore, None
+            torch.set_rng_state(state["torch"])
+            random.setstate(state["python"])
+            name, keys, position, has_gauss, gauss = state["numpy"]
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+            if state["cuda"]:
+                torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _loggers(cfg: DictConfig, out: Path) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
@@ -163,9 +304,23 @@ def _loggers(cfg: DictConfig, out: Path) -> list[Logger]:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` so that a reader never sees half a file: a temporary file, then an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint (``last.ckpt`` is overwritten at every validation) beside its path, then renames it.
+
+    Lightning serializes to memory first, but then writes through a temporary file in the system's temp folder and
+    moves it into place, a copy (not atomic) when that folder is on another file system. Renaming within the
+    checkpoint's own folder is atomic: a crash while writing leaves the previous checkpoint whole.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(target) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 def _check_checkpoint(path: str, model: pl.LightningModule) -> None:
@@ -219,10 +374,13 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     checked = check(cfg)
     out = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    # The probe ran in the run being resumed; run again, its dropout draws would shift the random stream that
+    # RandomState restores, and the resumed run would no longer be the one that never stopped.
+    smart = checked.smart if cfg.ckpt_path is None else dataclasses.replace(checked.smart, probe=False)
     model = SequenceTask(
         cfg.model.name_or_path,
         num_labels=cfg.data.num_labels,
-        smart=checked.smart,
+        smart=smart,
         lr=cfg.model.lr,
         weight_decay=cfg.model.weight_decay,
         warmup_ratio=cfg.model.warmup_ratio,
@@ -245,13 +403,14 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
                                          enable_version_counter=False,
                                          save_weights_only=cfg.checkpoint.save_weights_only))
     validation = _ValidationStep(checkpoint)
-    callbacks += [validation, LearningRateMonitor("step")]
+    callbacks += [validation, LearningRateMonitor("step"), RandomState()]
     if cfg.progress_bar:
         callbacks += [RichProgressBar(), RichModelSummary()]
     if checked.teacher is not None:
         callbacks.append(EMATeacherCallback.from_config(checked.teacher))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, out) or False,
-                          default_root_dir=str(out), enable_progress_bar=cfg.progress_bar)
+                          default_root_dir=str(out), enable_progress_bar=cfg.progress_bar,
+                          plugins=[AtomicCheckpointIO()])
     _refuse_relaunch_under_multirun(trainer, cfg.trainer.strategy)
     return Run(checked, model, trainer, checkpoint, validation)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,21 @@ from rich.console import Console
 from rich.table import Table
 
 AGGREGATED_OVER = ("seed",)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to, renamed onto ``path`` when the block ends without error.
+
+    The rename is atomic (same folder, ``os.replace``): a reader never sees half a file, and a crash while writing
+    leaves the previous ``path`` whole. The temporary name keeps the suffix, for writers that read the format from it.
+    """
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -144,7 +161,8 @@ def plot(jobs: Sequence[Job], path: Path) -> Path | None:
     axes.set(xlabel="optimizer step", ylabel=metric, title=f"{metric} per setting: mean over seeds, min–max band")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    with replacing(path) as tmp:
+        figure.savefig(tmp, dpi=120)
     return path
 
 
@@ -155,7 +173,7 @@ def write(sweep_dir: str | Path) -> list[Row]:
     if not jobs:
         raise FileNotFoundError(f"{sweep} holds no summary.json: not a smart-train sweep folder, or no job finished")
     rows = aggregate(jobs)
-    with (sweep / "aggregate.csv").open("w", newline="") as f:
+    with replacing(sweep / "aggregate.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([field.name for field in fields(Row)])
         writer.writerows(astuple(row) for row in rows)
@@ -163,7 +181,8 @@ def write(sweep_dir: str | Path) -> list[Row]:
     lines = [f"Across seeds: median (mean ± std). {len(jobs)} jobs in {sweep}.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    (sweep / "aggregate.md").write_text("\n".join(lines) + "\n")
+    with replacing(sweep / "aggregate.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     plotted = plot(jobs, sweep / "val_curves.png")
 
     console = Console()

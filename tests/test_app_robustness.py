@@ -15,15 +15,14 @@ from lightning_smart.config import ConfigError
 from lightning_smart.data import DataError
 from lightning_smart.teacher import EMATeacherCallback
 
-# 64 training examples in batches of 16: 4 optimizer steps an epoch, 8 in all, validated at each epoch's end.
+# 64 training examples in batches of 16: 4 optimizer steps an epoch, 8 in all, validated (and last.ckpt written)
+# every 2 steps: mid-epoch and at each epoch's end. Dropout stays on (the model's 0.1), and so does the σ-noise.
 RESUMABLE = [
     *[o for o in TINY if not o.startswith(("checkpoint.", "trainer.max_steps", "trainer.val_check_interval"))],
     "trainer.max_steps=8",
-    "trainer.val_check_interval=4",
+    "trainer.val_check_interval=2",
     "checkpoint.save_last=true",
-    "+model.config.hidden_dropout_prob=0.0",
-    "+model.config.attention_probs_dropout_prob=0.0",
-    "smart.sigma=1e-3",  # σ-noise on: it must be drawn the same after a resume
+    "smart.sigma=1e-3",
 ]
 
 
@@ -45,23 +44,38 @@ def _final(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
     return ckpt["state_dict"], ckpt["callbacks"]["EMATeacherCallback"]["ema"]
 
 
-def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The run that never stopped: its summary and its folder."""
+    out = tmp_path_factory.mktemp("straight")
     with app_config(RESUMABLE) as cfg:
-        straight = train(cfg, tmp_path / "straight")
+        return train(cfg, out), out
 
+
+@pytest.mark.parametrize(("at", "saved"), [(3, 2), (7, 6), (5, 4)],
+                         ids=["mid-first-epoch", "mid-second-epoch", "epoch-end"])
+def test_a_resumed_run_ends_like_an_uninterrupted_one(
+    tmp_path: Path, straight: tuple[dict, Path], at: int, saved: int
+) -> None:
+    """Stopped at step ``at``, resumed from its last.ckpt (step ``saved``), with dropout on: the same run."""
+    with app_config(RESUMABLE) as cfg:
         run = build(cfg, tmp_path / "stopped")
-        run.trainer.callbacks.append(Interrupt(at=5))
+        run.trainer.callbacks.append(Interrupt(at=at))
         with pytest.raises(RuntimeError, match="interrupted"):
             run.trainer.fit(run.model, datamodule=run.checked.data)
     last = tmp_path / "stopped/checkpoints/last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 4  # the latest validation: the first epoch's end
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["global_step"] == saved  # the latest validation
+    assert run.model.model.config.hidden_dropout_prob == 0.1 and run.model.model.training  # dropout on
 
     with app_config([*RESUMABLE, f"ckpt_path={last}"]) as cfg:
         resumed = train(cfg, tmp_path / "resumed")
-    (student, teacher), (resumed_student, resumed_teacher) = _final(tmp_path / "straight"), _final(tmp_path / "resumed")
+    (summary, out) = straight
+    (student, teacher), (resumed_student, resumed_teacher) = _final(out), _final(tmp_path / "resumed")
 
-    assert resumed["steps"] == straight["steps"] == 8
-    assert resumed["val"] == straight["val"] and resumed["val_teacher"] == straight["val_teacher"]
+    assert resumed["steps"] == summary["steps"] == 8
+    assert resumed["val"] == summary["val"] and resumed["val_teacher"] == summary["val_teacher"]
+    assert resumed["test"] == summary["test"]
     assert student.keys() == resumed_student.keys() and teacher.keys() == resumed_teacher.keys()
     for name, value in student.items():
         assert torch.equal(value, resumed_student[name]), name

@@ -11,15 +11,19 @@ import venv
 import zipfile
 from importlib.resources import files
 from pathlib import Path
+from typing import get_args
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from helpers_app import TINY, app_config, smart_train, write_csv
+from hydra import compose, initialize_config_module
+from lightning.fabric.connector import _PRECISION_INPUT_STR
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lightning_smart.cli import build, check, train
+from lightning_smart.config import ConfigError
 from lightning_smart.data import TextDataModule, minilm_path
 from lightning_smart.schema import DataConf
 from lightning_smart.sweep import Job, aggregate, settings
@@ -145,6 +149,13 @@ BAD = {
     "rule": (["smart.rule=foo"], ["smart.rule='foo'", "paper, mtdnn"]),
     "missing file": (["data=csv", "data.path=nowhere.csv"], ["data.path='nowhere.csv'", "no such file"]),
     "no text column": (["data=csv", "data.path={csv}"], ["no column 'text'", "data.text_column", "no_text.csv"]),
+    # The command line: one line naming the key, no traceback, no run folder.
+    "lr": (["model.lr=-1"], ["Error in the config (nothing was written): model.lr=-1.0 is not allowed: AdamW's peak"
+                             " learning rate must be a finite number > 0\n"]),
+    "seed": (["seed=-1"], ["Error in the config (nothing was written): seed=-1 is not allowed: an integer in"
+                           " [0, 4294967295] (NumPy's seed range)\n"]),
+    "precision": (["trainer.precision=bf15"], ["Error in the config (nothing was written): trainer.precision='bf15' is"
+                                               " not allowed: Lightning refuses it: Precision 'bf15' is invalid."]),
 }
 
 
@@ -234,3 +245,67 @@ def test_plain_install_runs_from_any_directory(tmp_path: Path) -> None:
     shown = subprocess.run([env_dir / "bin" / "smart-train", *args], cwd=tmp_path, capture_output=True, text=True,
                            check=True).stdout
     assert "source: csv" in shown and "path: reviews.csv" in shown and "ascent_steps: 0" in shown
+
+
+# Each bad setting, with the exact message it gets (after "Error in the config (nothing was written): ").
+REFUSED = {
+    "lr": (["model.lr=-1"], "model.lr=-1.0 is not allowed: AdamW's peak learning rate must be a finite number > 0"),
+    "weight-decay": (["model.weight_decay=-0.1"], "model.weight_decay=-0.1 is not allowed: a finite number ≥ 0"),
+    "warmup-ratio": (["model.warmup_ratio=5"], "model.warmup_ratio=5.0 is not allowed: a fraction of the run's steps"
+                     " in [0, 1]: above 1 the learning rate would never reach model.lr"),
+    "seed": (["seed=-1"], "seed=-1 is not allowed: an integer in [0, 4294967295] (NumPy's seed range)"),
+    "max-steps": (["trainer.max_steps=-2"], "trainer.max_steps=-2 is not allowed: Lightning refuses it: `max_steps`"
+                  " must be a non-negative integer or -1 (infinite steps). You passed in -2."),
+    "devices": (["trainer.devices=0"], "trainer.devices=0 is not allowed: Lightning refuses it: `Trainer(devices=0)`"
+                " value is not a valid input using cpu accelerator."),
+    "strategy": (["trainer.strategy=nope"], "trainer.strategy='nope' is not allowed: Lightning refuses it: You"
+                 " selected an invalid strategy name: `strategy='nope'`."),
+    "accumulate": (["trainer.accumulate_grad_batches=0"],
+                   "trainer.accumulate_grad_batches=0 is not allowed: an integer ≥ 1"),
+    "infinite": (["trainer.max_steps=-1", "trainer.max_epochs=-1"], "trainer.max_steps=-1 is not allowed: with"
+                 " trainer.max_epochs=-1 the run has no known length, which the learning-rate schedule (and the"
+                 " teacher's β schedule and ramp-ups) are fractions of: set trainer.max_steps or trainer.max_epochs"),
+    "save-top-k": (["checkpoint.save_top_k=-2"], "checkpoint.save_top_k=-2 is not allowed: an integer ≥ -1 (-1 keeps"
+                   " all)"),
+    "num-workers": (["data.num_workers=-1"], "data.num_workers=-1 is not allowed: an integer ≥ 0 (0: no workers)"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_each_bad_setting_is_refused_by_the_check_with_the_key_named(case: str) -> None:
+    overrides, message = REFUSED[case]
+    with app_config([*TINY, *overrides]) as cfg, pytest.raises(ConfigError) as raised:
+        check(cfg)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_a_bad_precision_is_refused_with_lightnings_own_list() -> None:
+    with app_config([*TINY, "trainer.precision=bf15"]) as cfg, pytest.raises(ConfigError) as raised:
+        check(cfg)
+    allowed = ", ".join(map(repr, get_args(_PRECISION_INPUT_STR)))
+    assert str(raised.value).startswith("trainer.precision='bf15' is not allowed: Lightning refuses it: Precision"
+                                        f" 'bf15' is invalid. Allowed precision values: ({allowed}, "), raised.value
+
+
+@pytest.mark.parametrize(("metric", "direction"), [("val/loss", "maximize"), ("val/acc", "minimize")])
+def test_an_optuna_direction_against_the_metric_is_refused(metric: str, direction: str) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
+    overrides = [*TINY, "hparams_search=optuna", f"metric={metric}", f"hydra.sweeper.direction={direction}"]
+    with initialize_config_module(config_module="lightning_smart.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    wanted = "minimize" if direction == "maximize" else "maximize"
+    with pytest.raises(ConfigError) as raised:
+        check(cfg)
+    assert str(raised.value) == (f"hydra.sweeper.direction={direction!r} is not allowed: metric={metric} is"
+                                 f" {wanted[:-1]}ed (best checkpoint and sweeper must agree): use {wanted}")
+
+
+@pytest.mark.parametrize("label", ["nan", "inf", "-Infinity"])
+def test_a_non_finite_regression_label_is_refused(tmp_path: Path, label: str) -> None:
+    rows = [f"text {i},{i / 10}" for i in range(30)] + [f"bad,{label}"]
+    data = write_csv(tmp_path / "ratings.csv", "text,label", rows)
+    with app_config([*TINY, "data=csv", f"data.path={data}", "data.num_labels=1"]) as cfg, \
+            pytest.raises(ConfigError) as raised:
+        check(cfg)
+    assert str(raised.value) == (f"{data} line 32: label {label!r} in column 'label' is not a finite number"
+                                 " (data.num_labels=1 is regression)")

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from lightning_smart.data.assets import DataError, minilm_path
@@ -31,6 +34,25 @@ from lightning_smart.data.sources import (
 from lightning_smart.data.splits import split_indices
 
 Features = list[dict[str, Any]]
+
+
+class EpochShuffle(StatefulDistributedSampler):
+    """The training order: a shuffle seeded by the run's seed and the epoch, one shard per process.
+
+    Its state (the epoch, and how many indices this epoch has handed out) travels in Lightning's checkpoint through
+    :class:`~torchdata.stateful_dataloader.StatefulDataLoader`: a run resumed from a checkpoint taken mid-epoch goes
+    on with the next batch of the same order. The epoch is part of the state because Lightning draws the resumed
+    epoch's first batch before it calls ``set_epoch``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A finished epoch resumes as the next one from its start, as an uninterrupted run goes on.
+        finished = state_dict["yielded"] >= self.num_samples
+        super().load_state_dict({"yielded": 0 if finished else state_dict["yielded"]})
+        self.set_epoch(state_dict["epoch"] + finished)
 
 
 @dataclass
@@ -137,6 +159,8 @@ class TextDataModule(pl.LightningDataModule):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DataError(f"data.{key}={value!r} is not allowed: an integer ≥ 1")
+        if not isinstance(hp.num_workers, int) or isinstance(hp.num_workers, bool) or hp.num_workers < 0:
+            raise DataError(f"data.num_workers={hp.num_workers!r} is not allowed: an integer ≥ 0 (0: no workers)")
         if hp.source in SNIPPETS and hp.num_labels not in (1, 2):
             raise DataError(f"data.num_labels={hp.num_labels} is not allowed for data.source={hp.source}: 2 (the"
                             " rating's sign) or 1 (the rating, regression)")
@@ -259,29 +283,26 @@ class TextDataModule(pl.LightningDataModule):
         self._features = {"train": self._encode(splits.train, by_length=False), "val": self._encode(splits.val)}
         self._test_features = {name: self._encode(examples) for name, examples in splits.test.items()}
 
-    def _train_sampler(self, features: Features) -> DistributedSampler | None:
-        """The training order: a shuffle seeded by the run's seed and the epoch, so a resumed run sees the same order.
-
-        ``DistributedSampler`` with one replica is torch's epoch-seeded shuffle; Lightning calls its ``set_epoch``
-        each epoch, and on a resume from the epoch's checkpoint. Several processes: ``None``, and Lightning puts its
-        own ``DistributedSampler`` (same seed, one shard per rank) in place of the plain shuffle.
-        """
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return None
-        return DistributedSampler(features, num_replicas=1, rank=0, shuffle=True,  # type: ignore[arg-type]
-                                  seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
-
     def _loader(self, features: Features, train: bool = False) -> DataLoader:
         hp = self.args
-        sampler = self._train_sampler(features) if train else None
-        return DataLoader(
+        if not train:
+            return DataLoader(features, batch_size=hp.eval_batch_size,  # type: ignore[arg-type]
+                              collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=hp.num_workers,
+                              persistent_workers=hp.num_workers > 0)
+        # Seeded by the run's seed (seed_everything), so the order needs no global random state; the loader's own
+        # generator seeds its workers without drawing from the global one either, which a resume restores.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        trainer = self.trainer
+        sampler = EpochShuffle(features, num_replicas=trainer.world_size if trainer else 1,  # type: ignore[arg-type]
+                               rank=trainer.global_rank if trainer else 0, shuffle=True, seed=seed)
+        return StatefulDataLoader(
             features,  # type: ignore[arg-type]
-            batch_size=hp.batch_size if train else hp.eval_batch_size,
-            shuffle=train and sampler is None,
+            batch_size=hp.batch_size,
             sampler=sampler,
             collate_fn=DataCollatorWithPadding(self.tokenizer),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> DataLoader:

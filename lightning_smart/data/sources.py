@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,11 +118,12 @@ def load_trec() -> Examples:
 
 def _read_rows(path: Path, source: str) -> list[tuple[int, Mapping[str, Any]]]:
     """(line number, row) pairs of a CSV/TSV file or of JSON lines (a JSON array also works)."""
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write one) is not part of the first column's name.
     if source == "csv":
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
             return [(reader.line_num, row) for row in reader]
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         if text.lstrip().startswith("["):
             return [(i + 1, row) for i, row in enumerate(json.loads(text))]
@@ -133,10 +135,14 @@ def _read_rows(path: Path, source: str) -> list[tuple[int, Mapping[str, Any]]]:
 def _label(value: Any, columns: Columns, where: str) -> Any:
     if columns.num_labels == 1:
         try:
-            return float(value)
+            target = float(value)
         except (TypeError, ValueError):
             raise DataError(f"{where}: label {value!r} in column {columns.label!r} is not a number"
                             " (data.num_labels=1 is regression)") from None
+        if not math.isfinite(target):  # one NaN target makes every later loss, and the weights, NaN
+            raise DataError(f"{where}: label {value!r} in column {columns.label!r} is not a finite number"
+                            " (data.num_labels=1 is regression)")
+        return target
     if columns.label_names is not None:
         names = [str(n) for n in columns.label_names]
         if str(value) not in names:
