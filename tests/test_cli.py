@@ -9,6 +9,7 @@ import sys
 import types
 import venv
 import zipfile
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import get_args
@@ -22,7 +23,8 @@ from lightning.fabric.connector import _PRECISION_INPUT_STR
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lightning_smart.cli import build, check, train
+from lightning_smart import sweep
+from lightning_smart.cli import AtomicCheckpointIO, build, check, train
 from lightning_smart.config import ConfigError
 from lightning_smart.data import TextDataModule, minilm_path
 from lightning_smart.schema import DataConf
@@ -231,9 +233,15 @@ def test_plain_install_runs_from_any_directory(tmp_path: Path) -> None:
     shipped = {f"lightning_smart/conf/{p.relative_to(CONF)}" for p in CONF.rglob("*.yaml")}
     assert shipped <= set(names) and "lightning_smart/conf/config.yaml" in names
 
+    # A fresh environment that sees this one's packages (torch and the rest) behind its own: a .pth file, since
+    # system_site_packages would show the base interpreter's, which lack them when the tests run in a virtualenv.
     env_dir = tmp_path / "env"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(own) / "outer_environment.pth").write_text("\n".join(outer) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True)
     where = subprocess.run([python, "-c", "import lightning_smart.conf as c; print(c.__file__)"], cwd=tmp_path,
@@ -309,3 +317,67 @@ def test_a_non_finite_regression_label_is_refused(tmp_path: Path, label: str) ->
         check(cfg)
     assert str(raised.value) == (f"{data} line 32: label {label!r} in column 'label' is not a finite number"
                                  " (data.num_labels=1 is regression)")
+
+
+def _crash_after_half(write: Callable[[Path], None]) -> Callable[..., None]:
+    """A writer that writes half of what ``write`` would to its target, then fails as a full disk or a kill would."""
+    def crashing(target: Path) -> None:
+        write(target)
+        data = Path(target).read_bytes()
+        Path(target).write_bytes(data[: len(data) // 2])
+        raise OSError("No space left on device")
+    return crashing
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with app_config([*TINY, "checkpoint.save_last=true"]) as cfg:
+        run = build(cfg, tmp_path)
+    io = run.trainer.strategy.checkpoint_io
+    assert isinstance(io, AtomicCheckpointIO)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 2, "weights": torch.arange(1000.0)}, last)
+    before = last.read_bytes()
+
+    import lightning.fabric.plugins.io.torch_io as torch_io
+    save = torch_io._atomic_save
+    monkeypatch.setattr(torch_io, "_atomic_save", lambda ckpt, path: _crash_after_half(
+        lambda target: save(ckpt, target))(path))
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 4, "weights": torch.zeros(1000)}, last)
+    assert last.read_bytes() == before and torch.load(last)["global_step"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+@pytest.mark.parametrize("output", ["aggregate.md", "aggregate.csv", "val_curves.png"])
+def test_a_crash_while_writing_the_aggregate_leaves_the_previous_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    for i, (smart, acc) in enumerate([("off", 0.6), ("off", 0.7), ("paper", 0.8)]):
+        job = tmp_path / str(i)
+        (job / "csv").mkdir(parents=True)
+        write_csv(job / "csv/metrics.csv", "step,val/acc", [f"2,{acc - 0.1}", f"4,{acc}"])
+        summary = {"overrides": [f"smart={smart}", f"seed={i}"], "metric": "val/acc", "val": {"acc": acc},
+                   "val_teacher": None, "test": {}, "files": {"metrics_csv": "csv/metrics.csv"}}
+        (job / "summary.json").write_text(json.dumps(summary))
+    sweep.write(tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in ("aggregate.md", "aggregate.csv", "val_curves.png")}
+    assert before["val_curves.png"][:8] == b"\x89PNG\r\n\x1a\n" and b"smart=paper" in before["aggregate.md"]
+
+    (tmp_path / "3").mkdir()  # a new job: the aggregate would change
+    (tmp_path / "3/summary.json").write_text((tmp_path / "2/summary.json").read_text().replace("0.8", "0.9"))
+    if output == "val_curves.png":
+        savefig = sweep.Figure.savefig
+        monkeypatch.setattr(sweep.Figure, "savefig", lambda self, path, **kw: _crash_after_half(
+            lambda target: savefig(self, target, **kw))(path))
+    elif output == "aggregate.csv":
+        monkeypatch.setattr(sweep, "astuple", lambda row: (_ for _ in ()).throw(OSError("No space left on device")))
+    else:
+        write_text = Path.write_text
+        monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **kw: _crash_after_half(
+            lambda target: write_text(target, text, *a, **kw))(self))
+    with pytest.raises(OSError, match="No space left"):
+        sweep.write(tmp_path)
+    assert (tmp_path / output).read_bytes() == before[output]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

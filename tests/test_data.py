@@ -153,3 +153,42 @@ def test_hub_splits_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (len(splits.train), len(splits.val), len(splits.test["glue"])) == (24, 6, 6)
     with pytest.raises(DataError, match=r"data\.hub_test_split: hub dataset 'glue' has no split 'test'"):
         TextDataModule("hub", path="glue", text_column="sentence", hub_test_split="test").load()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_file_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path, suffix: str) -> None:
+    """Spreadsheet programs write UTF-8 with a BOM: it must not become part of the first column's name."""
+    path = tmp_path / f"bom{suffix}"
+    if suffix == ".csv":
+        lines = ["text,label", *[f"review {i},{i % 2}" for i in range(20)]]
+    else:
+        lines = [json.dumps({"text": f"review {i}", "label": i % 2}) for i in range(20)]
+    path.write_bytes("\n".join(lines).encode("utf-8-sig"))
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    data = TextDataModule(suffix[1:], path=str(path), val_size=4, test_size=0)
+    splits = data.load()
+    texts = sorted(splits.train.texts + splits.val.texts, key=lambda t: int(t.split()[1]))
+    assert texts == [f"review {i}" for i in range(20)]
+    assert sorted(splits.train.labels + splits.val.labels) == [0] * 10 + [1] * 10
+
+
+def test_the_training_order_resumes_from_the_sampler_state() -> None:
+    """The sampler's state (epoch, position) puts a fresh sampler at the same place, and a finished epoch resumes as
+    the next one from its start."""
+    from lightning_smart.data.datamodule import EpochShuffle
+
+    data = list(range(10))
+    first = EpochShuffle(data, num_replicas=1, rank=0, seed=3)
+    first.set_epoch(1)
+    order = iter(first)
+    seen = [next(order) for _ in range(4)]
+    assert first.state_dict() == {"yielded": 4, "epoch": 1}
+    reference = EpochShuffle(data, num_replicas=1, rank=0, seed=3)
+    reference.set_epoch(1)
+    fresh = EpochShuffle(data, num_replicas=1, rank=0, seed=3)
+    fresh.load_state_dict(first.state_dict())
+    assert seen + list(fresh) == list(reference)
+    done = EpochShuffle(data, num_replicas=1, rank=0, seed=3)
+    done.load_state_dict({"yielded": 10, "epoch": 1})
+    reference.set_epoch(2)
+    assert done.epoch == 2 and list(done) == list(reference)
