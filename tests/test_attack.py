@@ -83,11 +83,19 @@ def test_no_parameter_grad_is_touched() -> None:
 
 
 def test_attack_through_the_sequence_task_site() -> None:
+    """Through the task's own site and forward: a large relative ε flips predictions, a negligible one none."""
     task = SequenceTask(tiny_bert(), num_labels=3)
     batch = batch_of()
-    scores = robust_accuracy(task, task.smart_perturbation_site(), task.smart_forward, [batch], epsilon=1.0, steps=3,
-                             relative=True)
-    assert 0 <= scores["robust_acc"] <= 1 and scores["n"] == len(batch["labels"])
+    with torch.no_grad():  # labels the task gets right: clean accuracy 1, so any flip is the attack's doing
+        batch["labels"] = task.eval().smart_forward(batch).argmax(-1)
+    task.train()
+    site, n = task.smart_perturbation_site(), len(batch["labels"])
+    strong = robust_accuracy(task, site, task.smart_forward, [batch], epsilon=1.0, steps=3, relative=True)
+    weak = robust_accuracy(task, site, task.smart_forward, [batch], epsilon=1e-7, steps=3, relative=True)
+    assert strong["clean_acc"] == weak["clean_acc"] == 1.0 and strong["n"] == weak["n"] == n
+    assert strong["robust_acc"] < 0.5 and (strong["robust_acc"] * n).is_integer()
+    assert weak["robust_acc"] == 1.0
+    assert task.training
 
 
 def test_bad_arguments_and_inference_mode_fail_clearly() -> None:
