@@ -14,7 +14,7 @@ from typing import Any
 RULES = ("paper", "mtdnn")
 NORMS = ("inf", "l2")
 EPSILON_SCALES = ("absolute", "relative")
-ASCENT_PRECISIONS = ("fp32", "autocast")
+PERTURBED_PRECISIONS = ("auto", "fp32", "autocast")
 
 
 class ConfigError(ValueError):
@@ -53,8 +53,11 @@ class SmartConfig:
             the perturbed tensor, so one value means the same relative perturbation in any model.
         shared_dropout: the perturbed forwards replay the clean forward's dropout masks, so R_s
             measures the perturbation alone.
-        ascent_precision: ``fp32`` runs the ascent (its target and its forward) without autocast, so
-            the direction is meaningful under mixed precision; ``autocast`` runs it like training.
+        perturbed_precision: under mixed precision, where the regularized step's passes run (the clean output
+            R_s compares against, the ascent, the perturbed forward, the teacher's): ``auto`` under the training
+            autocast when the compute dtype resolves the radius (ε, times the token scale if relative) at the
+            perturbed point (at least twice its spacing at the median |x|), else in fp32; ``fp32`` and
+            ``autocast`` force one way. Plain steps always run as training runs them.
         perturb_at: dotted path of the submodule whose output is perturbed; ``auto`` picks a
             transformers model's embeddings block in ``self.model``.
         noise_seed: seed of the σ-noise, combined with the step; ``None`` uses ``torch.initial_seed()``.
@@ -74,7 +77,7 @@ class SmartConfig:
     norm: str = "inf"
     epsilon_scale: str = "absolute"
     shared_dropout: bool = False
-    ascent_precision: str = "fp32"
+    perturbed_precision: str = "auto"
     perturb_at: str = "auto"
     noise_seed: int | None = None
     probe: bool = True
@@ -95,8 +98,8 @@ class SmartConfig:
         _check(g, "norm", self.norm, self.norm in NORMS, f"one of {', '.join(NORMS)}")
         _check(g, "epsilon_scale", self.epsilon_scale, self.epsilon_scale in EPSILON_SCALES,
                f"one of {', '.join(EPSILON_SCALES)}")
-        _check(g, "ascent_precision", self.ascent_precision, self.ascent_precision in ASCENT_PRECISIONS,
-               f"one of {', '.join(ASCENT_PRECISIONS)}")
+        _check(g, "perturbed_precision", self.perturbed_precision, self.perturbed_precision in PERTURBED_PRECISIONS,
+               f"one of {', '.join(PERTURBED_PRECISIONS)}")
         _check(g, "perturb_at", self.perturb_at, isinstance(self.perturb_at, str) and self.perturb_at != "",
                "'auto' or a dotted submodule path")
         for key in ("shared_dropout", "probe"):

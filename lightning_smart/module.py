@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -91,6 +91,8 @@ class SmartLightningModule:
         self.smart_teacher = None
         self.smart_skipped = 0
         self._smart_first_step_done = False
+        self._smart_site: tuple[tuple[str, int], nn.Module] | None = None
+        self._smart_fp32: tuple[tuple[bool, torch.dtype], bool] | None = None
 
     # -- the three methods users may override -------------------------------------------------
 
@@ -113,7 +115,13 @@ class SmartLightningModule:
     # -- where δ goes -------------------------------------------------------------------------
 
     def smart_perturbation_site(self) -> nn.Module:
-        """The submodule whose output is perturbed, from ``smart.perturb_at``."""
+        """The submodule whose output is perturbed, from ``smart.perturb_at`` (looked up once per model)."""
+        key = (self.smart.perturb_at, id(getattr(self, "model", None)))
+        if self._smart_site is None or self._smart_site[0] != key:
+            self._smart_site = key, self._smart_find_site()
+        return self._smart_site[1]
+
+    def _smart_find_site(self) -> nn.Module:
         path = self.smart.perturb_at
         owner: nn.Module = self  # type: ignore[assignment]
         if path != "auto":
@@ -166,6 +174,17 @@ class SmartLightningModule:
             return task_loss
 
         site = self.smart_perturbation_site()
+        if cfg.lambda_s > 0:
+            self._smart_choose_precision(batch, site)
+        with self.smart_precision():
+            loss, logs = self._smart_regularized(batch, batch_idx, site, step)
+        self._smart_log(logs)
+        return loss
+
+    def _smart_regularized(
+        self, batch: Any, batch_idx: int, site: nn.Module, step: int
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        cfg, teacher = self.smart, self.smart_teacher
         rng = None
         # 1. Clean forward, train mode: z = f(x; θ), task loss L(z, y).
         with captured(site) as clean:
@@ -184,10 +203,11 @@ class SmartLightningModule:
 
         if cfg.lambda_s > 0:
             if not self._smart_first_step_done:
-                self._smart_first_step(batch, batch_idx, site, x)
+                self._smart_first_step(batch, batch_idx, x)
             # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
             delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
-            with perturbed(site, delta, scale), _replayed(rng, x.device):
+            shift = delta if scale is None else delta * scale
+            with perturbed(site, shift), _replayed(rng, x.device):
                 adv_outputs = self.smart_forward(batch)
             adv_reg = symmetric_divergence(adv_outputs, z)
             lambda_s = cfg.lambda_s * cfg.every_n_steps * self._smart_rampup(step)
@@ -195,7 +215,6 @@ class SmartLightningModule:
                 loss = loss + lambda_s * adv_reg
             else:
                 self.smart_skipped += 1
-            shift = delta if scale is None else delta * scale
             logs |= {"smart/adv_reg": adv_reg.detach(), "smart/skipped": float(self.smart_skipped),
                      "smart/delta_norm": per_example_norm(shift, cfg.norm).mean(), "smart/lambda_s": lambda_s}
 
@@ -208,13 +227,14 @@ class SmartLightningModule:
 
         # 6. F = L + λs·R_s + μ·D; 7. (the teacher's EMA) runs after the optimizer step, in the callback.
         logs["train/loss"] = loss.detach()
-        self._smart_log(logs)
-        return loss
+        return loss, logs
 
     def smart_perturbation(
         self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor, target: Tensor, rng: RngSnapshot | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         """δ for this batch: σ-noise then K ascent steps on ℓs(f(x + δ), target) by input-only gradients.
+
+        Runs in the precision it is called in (the step calls it within :meth:`smart_precision`).
 
         Returns δ (float32, detached), the per-token scale it is measured in (``epsilon_scale=relative``)
         or ``None``, and whether every ascent gradient was finite (a 0-d bool tensor, not synced).
@@ -224,25 +244,27 @@ class SmartLightningModule:
         scale = token_rms(x) if cfg.epsilon_scale == "relative" else None
         delta = sample_noise(x, mask, cfg.sigma, self.smart_noise_seed(batch_idx))
         finite = torch.ones((), dtype=torch.bool, device=x.device)
-        if cfg.ascent_steps == 0:
-            return delta, scale, finite
-        device_type = x.device.type
-        in_autocast = torch.is_autocast_enabled(device_type)
-        fp32 = cfg.ascent_precision == "fp32" and in_autocast
-        with torch.autocast(device_type, enabled=False) if fp32 else nullcontext():
-            if fp32:  # the target at the ascent's precision: a bf16 z differs from f32(x) by far more than δ moves it
-                with torch.no_grad(), _replayed(rng, x.device):
-                    target = self.smart_forward(batch)
-            for _ in range(cfg.ascent_steps):
-                delta.requires_grad_(True)
-                with perturbed(site, delta, scale), _replayed(rng, x.device):
-                    outputs = self.smart_forward(batch)
-                # g = ∂ℓs/∂δ only: no parameter .grad is touched and no weight gradient is computed.
-                (grad,) = torch.autograd.grad(symmetric_divergence(outputs, target), delta)
-                finite = finite & torch.isfinite(grad).all()
-                delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=cfg.epsilon,
-                                    rule=cfg.rule, norm=cfg.norm)
+        for _ in range(cfg.ascent_steps):
+            delta.requires_grad_(True)
+            with perturbed(site, delta, scale), _replayed(rng, x.device):
+                outputs = self.smart_forward(batch)
+            # g = ∂ℓs/∂δ only: no parameter .grad is touched and no weight gradient is computed.
+            (grad,) = torch.autograd.grad(symmetric_divergence(outputs, target), delta)
+            finite = finite & torch.isfinite(grad).all()
+            delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=cfg.epsilon,
+                                rule=cfg.rule, norm=cfg.norm)
         return delta, scale, finite
+
+    def smart_precision(self) -> AbstractContextManager[Any]:
+        """Where the regularized step's passes run: autocast turned off when ``smart.perturbed_precision`` (or
+        ``auto``'s choice at the first regularized step) is fp32 under a training autocast; else as training runs."""
+        device_type = self.device.type  # type: ignore[attr-defined]
+        enabled = torch.is_autocast_enabled(device_type)
+        policy = self.smart.perturbed_precision
+        fp32 = enabled and self.smart.lambda_s > 0 and (
+            policy == "fp32" or (policy == "auto" and self._smart_fp32 is not None and self._smart_fp32[1])
+        )
+        return torch.autocast(device_type, enabled=False) if fp32 else nullcontext()
 
     def smart_probe(self, batch: Any, batch_idx: int = 0) -> dict[str, float]:
         """On one batch, the output change (ℓs) from the perturbation alone and from dropout alone.
@@ -253,36 +275,75 @@ class SmartLightningModule:
         site = self.smart_perturbation_site()
         device: torch.device = self.device  # type: ignore[attr-defined]
         rng = _rng_snapshot(device)
-        with captured(site) as clean, torch.no_grad():
-            z = self.smart_forward(batch)
-        assert clean.output is not None
-        delta, scale, _ = self.smart_perturbation(batch, batch_idx, site, clean.output, z, rng)
-        with torch.no_grad():
-            with perturbed(site, delta, scale), _replayed(rng, device):
-                adv = self.smart_forward(batch)
-            other_masks = self.smart_forward(batch)
+        self._smart_choose_precision(batch, site)
+        with self.smart_precision():  # through the forward training uses: its precision and policy
+            with captured(site) as clean, torch.no_grad():
+                z = self.smart_forward(batch)
+            assert clean.output is not None
+            delta, scale, _ = self.smart_perturbation(batch, batch_idx, site, clean.output, z, rng)
+            with torch.no_grad():
+                with perturbed(site, delta, scale), _replayed(rng, device):
+                    adv = self.smart_forward(batch)
+                other_masks = self.smart_forward(batch)
         return {"perturbation_kl": float(symmetric_divergence(adv, z)),
                 "dropout_kl": float(symmetric_divergence(other_masks, z))}
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _smart_first_step(self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor) -> None:
-        """Once per fit: warn where the compute dtype cannot resolve ε, and run the probe."""
-        self._smart_first_step_done = True
+    def _smart_resolution(self, x: Tensor, batch: Any) -> tuple[float, float, float, torch.dtype]:
+        """The radius ε (× the median token RMS if relative) and the compute dtype's spacing at the median |x|."""
         cfg = self.smart
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-        real = expand_mask(self.smart_padding_mask(batch), x).expand_as(x) > 0
+        mask = self.smart_padding_mask(batch)
+        real = expand_mask(mask, x).reshape(x.shape[:2]) > 0 if x.ndim >= 2 else torch.ones_like(x, dtype=torch.bool)
         magnitude = x.detach().float().abs()[real].median().item()
-        spacing = torch.finfo(dtype).eps * magnitude
-        radius = cfg.epsilon * (magnitude if cfg.epsilon_scale == "relative" else 1.0)
-        if radius < spacing / 2:
-            rank_zero_warn(
-                f"smart.epsilon={cfg.epsilon:g} ({cfg.epsilon_scale}) is below what {dtype} resolves at the perturbed"
-                f" point (spacing {spacing:.2e} at median |x| = {magnitude:.3g}): the perturbed forward rounds δ"
-                f" away and R_s measures dropout alone. Remedy: smart.epsilon_scale=relative with"
-                f" smart.epsilon ≥ {torch.finfo(dtype).eps:.1e}, or train in 32-bit precision."
-            )
+        spacing = 2.0 ** math.floor(math.log2(magnitude)) * torch.finfo(dtype).eps if magnitude > 0 else 0.0
+        unit = token_rms(x)[real].median().item() if cfg.epsilon_scale == "relative" else 1.0
+        return cfg.epsilon * unit, spacing, magnitude, dtype
+
+    def _smart_choose_precision(self, batch: Any, site: nn.Module) -> None:
+        """Under a training autocast, once per compute dtype: does it resolve the radius at the perturbed point?
+
+        Measured on a clean forward without gradient that replays the step's dropout masks, so the RNG the
+        training draws from is left as it was. ``auto`` then runs the regularized passes in fp32 unless the radius
+        is at least twice the spacing; ``autocast`` warns where it is under half the spacing.
+        """
+        device_type = self.device.type  # type: ignore[attr-defined]
+        if not torch.is_autocast_enabled(device_type):
+            return
+        key = (True, torch.get_autocast_dtype(device_type))
+        if self._smart_fp32 is not None and self._smart_fp32[0] == key:
+            return
+        device: torch.device = self.device  # type: ignore[attr-defined]
+        with captured(site) as clean, torch.no_grad(), _replayed(_rng_snapshot(device), device):
+            self.smart_forward(batch)
+        if clean.output is None:
+            return  # the step itself raises, naming smart.perturb_at
+        radius, spacing, magnitude, dtype = self._smart_resolution(clean.output, batch)
+        policy = self.smart.perturbed_precision
+        self._smart_fp32 = key, policy == "fp32" or (policy == "auto" and radius < 2 * spacing)
+        if policy == "autocast" and radius < spacing / 2:
+            self._smart_warn_unresolved(radius, spacing, magnitude, dtype)
+
+    def _smart_warn_unresolved(self, radius: float, spacing: float, magnitude: float, dtype: torch.dtype) -> None:
+        cfg = self.smart
+        rank_zero_warn(
+            f"smart.epsilon={cfg.epsilon:g} ({cfg.epsilon_scale}; radius {radius:.2e}) is below what {dtype} resolves"
+            f" at the perturbed point (spacing {spacing:.2e} at median |x| = {magnitude:.3g}): the perturbed forward"
+            f" rounds δ away and R_s measures dropout alone. Remedy: smart.perturbed_precision=auto (fp32 passes),"
+            f" smart.epsilon_scale=relative with smart.epsilon ≥ {2 * torch.finfo(dtype).eps:.1e}, or train in"
+            " 32-bit precision."
+        )
+
+    def _smart_first_step(self, batch: Any, batch_idx: int, x: Tensor) -> None:
+        """Once per module: warn where a half-precision model (no autocast) cannot resolve ε; run the probe."""
+        self._smart_first_step_done = True
+        cfg = self.smart
+        if not torch.is_autocast_enabled(x.device.type):
+            radius, spacing, magnitude, dtype = self._smart_resolution(x, batch)
+            if radius < spacing / 2:
+                self._smart_warn_unresolved(radius, spacing, magnitude, dtype)
         if cfg.probe:
             probe = self.smart_probe(batch, batch_idx)
             self._smart_log({"smart/probe_perturbation_kl": probe["perturbation_kl"],

@@ -9,6 +9,7 @@ in units of each token's RMS: the hook adds ``scale * δ``, so every rule and bo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -55,6 +56,15 @@ def per_example_norm(t: Tensor, norm: str) -> Tensor:
     return out.reshape((t.shape[0],) + (1,) * (t.ndim - 1))
 
 
+@functools.lru_cache(maxsize=64)
+def _at_most(value: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` number ≤ ``value``: ε rounded to nearest may exceed ε. Once per (ε, dtype), on the host."""
+    bound = torch.tensor(value, dtype=dtype)
+    if bound.item() > value:
+        bound = torch.nextafter(bound, torch.zeros_like(bound))
+    return float(bound.item())
+
+
 def project(delta: Tensor, epsilon: float, norm: str) -> Tensor:
     r"""Π_ε: the nearest point of the ε-ball of each example.
 
@@ -63,10 +73,8 @@ def project(delta: Tensor, epsilon: float, norm: str) -> Tensor:
         \Pi^2_\epsilon(\delta_i) = \delta_i \min\!\left(1, \frac{\epsilon}{\|\delta_i\|_2}\right)
     """
     if norm == "inf":
-        bound = torch.tensor(epsilon, dtype=delta.dtype)
-        if bound.item() > epsilon:  # the bound is exact: the largest representable value ≤ ε
-            bound = torch.nextafter(bound, torch.zeros_like(bound))
-        return delta.clamp(-bound.item(), bound.item())
+        bound = _at_most(epsilon, delta.dtype)
+        return delta.clamp(-bound, bound)
     # The length in float64 and a radius shrunk by 4 ulp keep ‖δ_i‖₂ ≤ ε after rounding the product.
     length = per_example_norm(delta.double(), "l2")
     radius = epsilon * (1 - 4 * torch.finfo(delta.dtype).eps)

@@ -94,6 +94,8 @@ class EMATeacherCallback(Callback):
         self.total_steps = 0
         self._pairs: list[tuple[Tensor, Tensor]] = []
         self._caller: _Call | None = None
+        self._swap: dict[str, Tensor] = {}
+        self._recast: list[tuple[str, Tensor, torch.dtype]] = []
         self._restored: dict[str, Any] | None = None
         self._last_global_step = 0
 
@@ -146,7 +148,7 @@ class EMATeacherCallback(Callback):
         else:
             self.ema = {name: p.detach().float().clone() for name, p in trainable.items()}
         self._pairs = [(self.ema[name], p) for name, p in trainable.items()]
-        self._caller = _Call(pl_module)
+        self._bind(pl_module)
         pl_module.smart_teacher = self  # type: ignore[assignment]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -189,11 +191,21 @@ class EMATeacherCallback(Callback):
     def run_as_teacher(self, pl_module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` with θ̃ in place of the trainable weights, without gradient (dropout per config)."""
         if self._caller is None or self._caller.module is not pl_module:
-            self._caller = _Call(pl_module)
-        dtypes = {name: p.dtype for name, p in pl_module.named_parameters() if name in self.ema}
-        tensors = {f"module.{n}": e if e.dtype == dtypes[n] else e.to(dtypes[n]) for n, e in self.ema.items()}
+            self._bind(pl_module)
+        assert self._caller is not None
+        for key, ema, dtype in self._recast:
+            self._swap[key] = ema.to(dtype)
         with torch.no_grad(), (nullcontext() if self.config.dropout else _eval_mode(pl_module)):
-            return functional_call(self._caller, tensors, (fn, *args), strict=False)
+            return functional_call(self._caller, self._swap, (fn, *args), strict=False)
+
+    def _bind(self, pl_module: nn.Module) -> None:
+        """Build once what the teacher's forward swaps in: the EMA tensors themselves (updated in place), and a
+        cast copy, refreshed per call, only for a parameter that is not float32 (a half-precision model)."""
+        self._caller = _Call(pl_module)
+        dtypes = {name: p.dtype for name, p in pl_module.named_parameters() if name in self.ema}
+        self._swap = {f"module.{name}": ema for name, ema in self.ema.items()}
+        self._recast = [(f"module.{name}", ema, dtypes[name]) for name, ema in self.ema.items()
+                        if dtypes[name] != ema.dtype]
 
     def teacher_outputs(self, module: Any, batch: Any) -> Tensor:
         """f(x; θ̃) on ``batch``, through the module's own ``smart_forward``."""

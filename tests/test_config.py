@@ -18,7 +18,8 @@ from lightning_smart import ConfigError, SmartConfig, TeacherConfig
     ("rule", "foo", "smart.rule='foo' is not allowed: rule must be one of paper, mtdnn"),
     ("norm", "l1", "smart.norm='l1' is not allowed: norm must be one of inf, l2"),
     ("epsilon_scale", "big", "smart.epsilon_scale='big' is not allowed: epsilon_scale must be one of absolute,"),
-    ("ascent_precision", "fp8", "smart.ascent_precision='fp8' is not allowed"),
+    ("perturbed_precision", "fp8", "smart.perturbed_precision='fp8' is not allowed: perturbed_precision must be one"
+     " of auto, fp32, autocast"),
     ("epsilon", float("nan"), "smart.epsilon=nan is not allowed: epsilon must be a finite number"),
     ("perturb_at", "", "smart.perturb_at='' is not allowed"),
     ("shared_dropout", "yes", "smart.shared_dropout='yes' is not allowed: shared_dropout must be true or false"),
