@@ -8,18 +8,20 @@ step. The teacher (μ·D) comes from an attached :class:`TeacherProtocol`, norma
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.module import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_smart.config import ConfigError, SmartConfig
-from lightning_smart.divergence import is_regression, symmetric_divergence
+from lightning_smart.divergence import bernoulli_symmetric_kl, is_regression, squared_error, symmetric_kl
 from lightning_smart.perturbation import (
     ascent_step,
     captured,
@@ -60,13 +62,48 @@ def _replayed(snapshot: RngSnapshot | None, device: torch.device) -> Iterator[No
         yield
 
 
+def _requiring_smart_loss(step: Callable[..., Any], owner: str) -> Callable[..., Any]:
+    """``step``, a ``training_step`` that replaces the mixin's, refused at its first call if SMART is on and it
+    returned a loss without calling ``smart_loss`` (a nested call, e.g. through ``super()``, is not checked apart)."""
+
+    @functools.wraps(step)
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._smart_step_checked or self._smart_step_depth:
+            return step(self, *args, **kwargs)
+        calls = self._smart_loss_calls
+        self._smart_step_depth += 1
+        try:
+            out = step(self, *args, **kwargs)
+        finally:
+            self._smart_step_depth -= 1
+        if out is None and self.automatic_optimization:
+            return out  # Lightning skips this batch: the check waits for a step that returns a loss
+        if self._smart_loss_calls == calls and (self.smart.lambda_s > 0 or self.smart_teacher is not None):
+            raise TypeError(
+                f"{owner}.training_step replaces SmartLightningModule's but did not call self.smart_loss(batch,"
+                " batch_idx): SMART would silently do nothing. Either compute `loss = self.smart_loss(batch,"
+                " batch_idx)` in your training_step and return it (F, with the smart/* metrics logged), or delete"
+                " your training_step and let SmartLightningModule's run."
+            )
+        self._smart_step_checked = True
+        return out
+
+    training_step.__smart_checked__ = True  # type: ignore[attr-defined]
+    return training_step
+
+
 class SmartLightningModule:
     """Mixin that makes a LightningModule's ``training_step`` a SMART step.
 
-    Override three small methods where the defaults (a transformers model in ``self.model``, a
+    Override four small methods where the defaults (a transformers model in ``self.model``, a
     dict batch with ``labels`` and ``attention_mask``) do not fit: :meth:`smart_forward`,
-    :meth:`smart_task_loss` and :meth:`smart_padding_mask`. Any other model names the submodule
-    to perturb in ``smart.perturb_at``.
+    :meth:`smart_task_loss`, :meth:`smart_padding_mask` and :meth:`smart_divergence`. Any other
+    model names the submodule to perturb in ``smart.perturb_at``.
+
+    A class that keeps its own ``training_step`` returns :meth:`smart_loss` from it (or a loss built on it).
+    One that does not is refused at its first training step, before any backward or optimizer step, with an
+    error that names both fixes; so is a class that lists the mixin after ``LightningModule``, at its
+    definition. With ``lambda_s = 0`` and no teacher the step is plain fine-tuning either way, and not checked.
 
     Args:
         smart: the :class:`SmartConfig` (or a mapping of its keys); default: the paper's values.
@@ -85,6 +122,21 @@ class SmartLightningModule:
     smart_teacher: TeacherProtocol | None
     smart_skipped: int
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if LightningModule in mro and mro.index(LightningModule) < mro.index(SmartLightningModule):
+            raise TypeError(
+                f"{cls.__name__} lists SmartLightningModule after LightningModule in its bases, so Lightning's"
+                f" training_step and __init__ hide the mixin's: write class {cls.__name__}(SmartLightningModule,"
+                " L.LightningModule), the mixin first."
+            )
+        # Whether an own training_step calls smart_loss is known only when it runs: wrap it to check its first call.
+        step = cls.training_step
+        if step is not SmartLightningModule.training_step and not getattr(step, "__smart_checked__", False):
+            owner = next((c for c in mro if c.__dict__.get("training_step") is step), cls)
+            cls.training_step = _requiring_smart_loss(step, owner.__name__)  # type: ignore[method-assign]
+
     def __init__(self, *args: Any, smart: SmartConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.smart = smart if isinstance(smart, SmartConfig) else SmartConfig(**dict(smart or {}))
@@ -93,8 +145,11 @@ class SmartLightningModule:
         self._smart_first_step_done = False
         self._smart_site: tuple[tuple[str, int], nn.Module] | None = None
         self._smart_fp32: tuple[tuple[bool, torch.dtype], bool] | None = None
+        self._smart_loss_calls = 0
+        self._smart_step_depth = 0
+        self._smart_step_checked = False
 
-    # -- the three methods users may override -------------------------------------------------
+    # -- the four methods users may override --------------------------------------------------
 
     def smart_forward(self, batch: Any) -> Tensor:
         """The model's outputs on a batch: logits ``[B, C]`` or regression outputs ``[B]``/``[B, 1]``."""
@@ -102,15 +157,54 @@ class SmartLightningModule:
         return self.model(**inputs).logits  # type: ignore[attr-defined]
 
     def smart_task_loss(self, outputs: Tensor, batch: Any) -> Tensor:
-        """L: cross-entropy for logits, mean squared error for regression outputs."""
+        """L for the kind of output (see :meth:`smart_divergence`): cross-entropy for single-label logits,
+        binary cross-entropy with logits (mean over labels and examples) for multi-label and one-logit binary
+        outputs, mean squared error for regression outputs."""
         labels = batch["labels"]
-        if is_regression(outputs):
+        kind = self._smart_output_kind(outputs)
+        if kind == "regression":
             return F.mse_loss(outputs.reshape(-1).float(), labels.reshape(-1).float())
+        if kind == "multi_label":
+            return F.binary_cross_entropy_with_logits(outputs.float(), labels.float().reshape(outputs.shape))
         return F.cross_entropy(outputs.float(), labels)
 
     def smart_padding_mask(self, batch: Any) -> Tensor | None:
         """``[B, T]``, 1 at real tokens; ``None`` treats every position as real."""
         return batch.get("attention_mask") if isinstance(batch, Mapping) else None
+
+    def smart_divergence(self, p: Tensor, q: Tensor, batch: Any) -> Tensor:
+        """ℓs(p, q), batch mean, for the kind of output the model's config declares.
+
+        ``self.model.config`` decides, where its ``num_labels`` is the outputs' width: ``problem_type=
+        "multi_label_classification"`` (or ``"single_label_classification"`` with one logit: a one-logit binary
+        classifier) gives the Bernoulli symmetric KL per label (:func:`~lightning_smart.bernoulli_symmetric_kl`);
+        ``"regression"``, or none with ``num_labels = 1``, the squared error; otherwise the symmetric KL of the
+        softmax distributions. Without such a config (a custom model, or a head of another width than
+        ``num_labels``), the outputs' shape decides: one output per example is regression, more are softmax
+        logits; override this method (and :meth:`smart_task_loss`) for multi-label outputs there.
+
+        Used for the ascent direction, R_s, D and the probe alike; ``batch`` is there for an override to use.
+        """
+        kind = self._smart_output_kind(p)
+        if kind == "regression":
+            return squared_error(p, q)
+        if kind == "multi_label":
+            return bernoulli_symmetric_kl(p, q)
+        return symmetric_kl(p, q)
+
+    def _smart_output_kind(self, outputs: Tensor) -> str:
+        """``regression``, ``multi_label`` or ``single_label``: from the model's config where it describes
+        ``outputs``, else from their shape."""
+        config = getattr(getattr(self, "model", None), "config", None)
+        num_labels = getattr(config, "num_labels", None)
+        if num_labels != (1 if outputs.ndim == 1 else outputs.shape[-1]):
+            return "regression" if is_regression(outputs) else "single_label"
+        problem = getattr(config, "problem_type", None)
+        if problem == "multi_label_classification" or (problem == "single_label_classification" and num_labels == 1):
+            return "multi_label"
+        if problem == "regression" or (problem is None and num_labels == 1):
+            return "regression"
+        return "single_label"
 
     # -- where δ goes -------------------------------------------------------------------------
 
@@ -164,6 +258,20 @@ class SmartLightningModule:
     # -- the step -----------------------------------------------------------------------------
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """The SMART step: :meth:`smart_loss`, returned to Lightning's automatic optimization."""
+        return self.smart_loss(batch, batch_idx)
+
+    def smart_loss(self, batch: Any, batch_idx: int) -> Tensor:
+        """F = L + λs·R_s + μ·D on ``batch`` (SPEC §2 steps 1–6), with ``train/*`` and ``smart/*`` logged.
+
+        The mixin's ``training_step`` returns it; a ``training_step`` of your own calls it instead::
+
+            def training_step(self, batch, batch_idx):
+                loss = self.smart_loss(batch, batch_idx)
+                self.log("train/my_metric", ...)
+                return loss
+        """
+        self._smart_loss_calls += 1
         cfg, teacher = self.smart, self.smart_teacher
         step = int(self.global_step)  # type: ignore[attr-defined]
         # Lazy regularization: R_s and D on every k-th optimizer step only (all its micro-batches), weighted × k.
@@ -209,7 +317,7 @@ class SmartLightningModule:
             shift = delta if scale is None else delta * scale
             with perturbed(site, shift), _replayed(rng, x.device):
                 adv_outputs = self.smart_forward(batch)
-            adv_reg = symmetric_divergence(adv_outputs, z)
+            adv_reg = self.smart_divergence(adv_outputs, z, batch)
             lambda_s = cfg.lambda_s * cfg.every_n_steps * self._smart_rampup(step)
             if bool(finite & torch.isfinite(adv_reg)):  # one host sync per step: skipping must not touch θ
                 loss = loss + lambda_s * adv_reg
@@ -220,7 +328,7 @@ class SmartLightningModule:
 
         if teacher is not None:
             # 5. D = ℓs(z, f(x; θ̃)), the teacher's output a constant of this step.
-            bregman = symmetric_divergence(z, teacher.teacher_outputs(self, batch))
+            bregman = self.smart_divergence(z, teacher.teacher_outputs(self, batch), batch)
             mu = teacher.weight(step) * cfg.every_n_steps
             loss = loss + mu * bregman
             logs |= {"smart/bregman": bregman.detach(), "smart/mu": mu}
@@ -249,7 +357,7 @@ class SmartLightningModule:
             with perturbed(site, delta, scale), _replayed(rng, x.device):
                 outputs = self.smart_forward(batch)
             # g = ∂ℓs/∂δ only: no parameter .grad is touched and no weight gradient is computed.
-            (grad,) = torch.autograd.grad(symmetric_divergence(outputs, target), delta)
+            (grad,) = torch.autograd.grad(self.smart_divergence(outputs, target, batch), delta)
             finite = finite & torch.isfinite(grad).all()
             delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=cfg.epsilon,
                                 rule=cfg.rule, norm=cfg.norm)
@@ -285,8 +393,8 @@ class SmartLightningModule:
                 with perturbed(site, delta, scale), _replayed(rng, device):
                     adv = self.smart_forward(batch)
                 other_masks = self.smart_forward(batch)
-        return {"perturbation_kl": float(symmetric_divergence(adv, z)),
-                "dropout_kl": float(symmetric_divergence(other_masks, z))}
+        return {"perturbation_kl": float(self.smart_divergence(adv, z, batch)),
+                "dropout_kl": float(self.smart_divergence(other_masks, z, batch))}
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_smart import squared_error, symmetric_divergence, symmetric_kl
+from lightning_smart import bernoulli_symmetric_kl, squared_error, symmetric_divergence, symmetric_kl
 
 
 def reference_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -14,6 +14,14 @@ def reference_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     kl_pq = (log_p.exp() * (log_p - log_q)).sum(-1)
     kl_qp = (log_q.exp() * (log_q - log_p)).sum(-1)
     return (kl_pq + kl_qp).mean()
+
+
+def reference_bernoulli_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) + KL(Q‖P) of Bernoulli(σ(p)) and Bernoulli(σ(q)) per label from their definition, in float64."""
+    a, b = torch.sigmoid(p.double()), torch.sigmoid(q.double())
+    kl_pq = a * torch.log(a / b) + (1 - a) * torch.log((1 - a) / (1 - b))
+    kl_qp = b * torch.log(b / a) + (1 - b) * torch.log((1 - b) / (1 - a))
+    return (kl_pq + kl_qp).reshape(p.shape[0], -1).sum(-1).mean()
 
 
 @pytest.mark.parametrize("shape", [(1, 2), (8, 3), (32, 7)])
@@ -70,3 +78,44 @@ def test_symmetric_divergence_picks_the_output_kind() -> None:
     assert symmetric_divergence(logits, other) == symmetric_kl(logits, other)
     reg, other_reg = torch.randn(4, 1), torch.randn(4, 1)
     assert symmetric_divergence(reg, other_reg) == squared_error(reg, other_reg)
+
+
+@pytest.mark.parametrize("shape", [(8,), (8, 1), (8, 5), (32, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_bernoulli_symmetric_kl_matches_float64(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    p = (3 * torch.randn(shape, generator=g)).to(dtype).requires_grad_()
+    q = (3 * torch.randn(shape, generator=g)).to(dtype).requires_grad_()
+    value = bernoulli_symmetric_kl(p, q)
+    assert value.dtype == torch.float32
+    p64, q64 = p.detach().double().requires_grad_(), q.detach().double().requires_grad_()
+    expected = reference_bernoulli_symmetric_kl(p64, q64)
+    torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-7)
+    value.backward()
+    expected.backward()
+    rtol = 1e-2 if dtype != torch.float32 else 1e-5
+    torch.testing.assert_close(p.grad.double(), p64.grad, rtol=rtol, atol=1e-6)
+    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=rtol, atol=1e-6)
+
+
+def test_bernoulli_symmetric_kl_is_zero_on_equal_inputs_symmetric_and_sums_over_labels() -> None:
+    p, q = torch.randn(4, 5), torch.randn(4, 5)
+    assert bernoulli_symmetric_kl(p, p).item() == 0.0
+    torch.testing.assert_close(bernoulli_symmetric_kl(p, q), bernoulli_symmetric_kl(q, p))
+    per_label = sum(bernoulli_symmetric_kl(p[:, i], q[:, i]) for i in range(5))
+    torch.testing.assert_close(bernoulli_symmetric_kl(p, q), per_label)
+
+
+def test_bernoulli_symmetric_kl_stays_finite_and_exact_for_large_logits() -> None:
+    # Closed form per label: (σ(p) − σ(q))·(p − q), with σ(p) − σ(q) = σ(−q) − σ(−p) taken where it does not cancel.
+    p = torch.tensor([[1e4, -3e4, 20.0]], requires_grad=True)
+    q = torch.tensor([[-1e4, 3e4, 21.0]])
+    value = bernoulli_symmetric_kl(p, q)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(p.grad).all()
+    torch.testing.assert_close(value.double(), torch.tensor(2e4 + 6e4, dtype=torch.float64), rtol=1e-7, atol=0)
+    # Both probabilities round to 1 in float32; the complements keep the divergence (σ(−20) − σ(−21))·1.
+    near_one = bernoulli_symmetric_kl(p[:, 2:].detach(), q[:, 2:])
+    expected = torch.sigmoid(torch.tensor(-20.0, dtype=torch.float64)) - torch.sigmoid(torch.tensor(-21.0).double())
+    assert near_one > 0
+    torch.testing.assert_close(near_one.double(), expected, rtol=1e-4, atol=0)

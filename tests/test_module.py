@@ -9,10 +9,20 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, tiny_bert, token_batch, token_loader
+from conftest import VOCAB, tiny_bert, token_batch, token_examples, token_loader
 from torch import nn
+from torch.utils.data import DataLoader
 
-from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig, SmartLightningModule, symmetric_kl
+from lightning_smart import (
+    ConfigError,
+    EMATeacherCallback,
+    SmartConfig,
+    SmartLightningModule,
+    bernoulli_symmetric_kl,
+    squared_error,
+    symmetric_kl,
+)
+from lightning_smart.divergence import is_regression
 from lightning_smart.tasks import SequenceTask
 
 
@@ -321,3 +331,103 @@ def test_the_probe_logs_both_changes_and_warns_on_the_paper_preset() -> None:
 def test_labels_outside_num_labels_fail_with_a_message() -> None:
     with pytest.raises(ValueError, match=r"model.num_labels=0 is not allowed"):
         SequenceTask(tiny_bert(), num_labels=0)
+
+
+class ConfigDecides(SmartLightningModule, pl.LightningModule):
+    """A transformers classifier whose config says what its outputs are."""
+
+    def __init__(self, num_labels: int, problem_type: str | None) -> None:
+        super().__init__(smart=SmartConfig(lambda_s=1.0, epsilon=0.05, sigma=0.01, eta=0.05, probe=False))
+        self.model = tiny_bert(num_labels=num_labels, dropout=0.1)
+        self.model.config.problem_type = problem_type
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+
+def labelled_loader(num_labels: int, kind: str, n: int = 24) -> DataLoader:
+    examples = token_examples(n, num_labels=3)
+    for e in examples:
+        ids = e["input_ids"]
+        e["labels"] = {
+            "single_label": ids[0] % num_labels,
+            "regression": ids[:num_labels].float().squeeze(0) / VOCAB,
+            "multi_label": (ids[:num_labels] % 2).float().squeeze(0),  # multi-hot; one 0/1 label for one logit
+        }[kind]
+    return DataLoader(examples, batch_size=8)
+
+
+@pytest.mark.parametrize(("num_labels", "problem_type", "kind"), [
+    (3, None, "single_label"),
+    (2, "single_label_classification", "single_label"),
+    (1, None, "regression"),
+    (1, "regression", "regression"),
+    (1, "multi_label_classification", "multi_label"),  # a one-logit binary classifier (BCE)
+    (1, "single_label_classification", "multi_label"),  # softmax of one logit is constant: the sigmoid reading
+    (4, "multi_label_classification", "multi_label"),
+])
+def test_the_kind_of_output_comes_from_the_models_config_not_its_shape(
+    num_labels: int, problem_type: str | None, kind: str
+) -> None:
+    module = ConfigDecides(num_labels, problem_type)
+    logged: list[dict[str, float]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    loader = labelled_loader(num_labels, kind)
+    trainer(max_steps=3, callbacks=[EMATeacherCallback(mu=1.0), Record()]).fit(module, loader)
+    assert all(r["smart/adv_reg"] > 0 and r["smart/bregman"] > 0 and math.isfinite(r["train/loss"]) for r in logged)
+
+    batch = next(iter(loader))
+    with torch.no_grad():
+        p, q = module.smart_forward(batch), module.smart_forward(batch)  # two dropout masks
+    divergence, loss = {
+        "single_label": (symmetric_kl, lambda z, y: F.cross_entropy(z, y)),
+        "regression": (squared_error, lambda z, y: F.mse_loss(z.reshape(-1), y.reshape(-1))),
+        "multi_label": (bernoulli_symmetric_kl, lambda z, y: F.binary_cross_entropy_with_logits(z, y.reshape(z.shape))),
+    }[kind]
+    assert module.smart_divergence(p, q, batch) > 0
+    assert torch.equal(module.smart_divergence(p, q, batch), divergence(p, q))
+    assert torch.equal(module.smart_task_loss(p, batch), loss(p, batch["labels"]))
+    if num_labels == 1:
+        assert is_regression(p)  # the shape alone would have said regression
+
+
+def test_without_a_config_the_shape_decides() -> None:
+    model = GRUClassifier()
+    batch = token_batch()
+    p, q = model.smart_forward(batch), torch.randn(8, 3)
+    assert torch.equal(model.smart_divergence(p, q, batch), symmetric_kl(p, q))
+    assert torch.equal(model.smart_divergence(p[:, :1], q[:, :1], batch), squared_error(p[:, :1], q[:, :1]))
+
+
+class HalvedDivergence(SequenceTask):
+    """ℓs overridden: half the symmetric KL, each call recorded with whether a gradient was being taken."""
+
+    calls: list[tuple[int, bool, torch.Tensor]]
+
+    def smart_divergence(self, p: torch.Tensor, q: torch.Tensor, batch: dict) -> torch.Tensor:
+        value = 0.5 * symmetric_kl(p, q)
+        self.calls.append((self.global_step, p.requires_grad and q.requires_grad, value.detach()))
+        return value
+
+
+def test_an_overridden_smart_divergence_is_the_ascent_the_regularizer_and_the_bregman_term() -> None:
+    task = HalvedDivergence(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(
+        lambda_s=1.0, epsilon=0.05, sigma=0.01, eta=0.05, ascent_steps=2, probe=False))
+    task.calls = []
+    logged: list[dict[str, torch.Tensor]] = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            logged.append({k: v.clone() for k, v in trainer.callback_metrics.items()})
+
+    trainer(max_steps=3, callbacks=[EMATeacherCallback(mu=1.0), Record()]).fit(task, token_loader())
+    # Per step: K = 2 ascent calls (gradient through δ only: z is detached), R_s (both sides with graphs), D.
+    assert [(step, grads) for step, grads, _ in task.calls] == [
+        (s, g) for s in range(3) for g in (False, False, True, False)]
+    for step, record in enumerate(logged):
+        assert torch.equal(record["smart/adv_reg"], task.calls[4 * step + 2][2])
+        assert torch.equal(record["smart/bregman"], task.calls[4 * step + 3][2])
