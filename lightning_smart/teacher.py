@@ -126,6 +126,15 @@ class EMATeacherCallback(Callback):
     # -- lifecycle ----------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # The mixin adds μ·D in smart_loss from the teacher it is handed: a module without them would ignore it.
+        if not (callable(getattr(pl_module, "smart_loss", None)) and callable(getattr(pl_module, "smart_forward", None))
+                and hasattr(pl_module, "smart_teacher")):
+            name = type(pl_module).__name__
+            raise ValueError(
+                f"EMATeacherCallback cannot add μ·D to {name}: it is not a SmartLightningModule (no smart_loss,"
+                f" smart_forward and smart_teacher). Put the mixin first in its bases, class {name}"
+                "(SmartLightningModule, L.LightningModule), or remove the callback."
+            )
         strategy = trainer.strategy
         sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or (
             isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3

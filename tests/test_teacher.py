@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -179,3 +180,18 @@ def test_teacher_config_errors_name_the_key() -> None:
         EMATeacherCallback(beta=1.0)
     with pytest.raises(ConfigError, match=r"teacher.mu=-1 is not allowed: mu must be ≥ 0"):
         EMATeacherCallback(mu=-1)
+
+
+def test_a_module_that_cannot_add_d_is_refused_at_setup() -> None:
+    from test_module import PlainModule
+
+    module = PlainModule()
+    before = {n: v.clone() for n, v in module.state_dict().items()}
+    message = (
+        "EMATeacherCallback cannot add μ·D to PlainModule: it is not a SmartLightningModule (no smart_loss,"
+        " smart_forward and smart_teacher). Put the mixin first in its bases, class PlainModule(SmartLightningModule,"
+        " L.LightningModule), or remove the callback."
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer(max_steps=2, callbacks=[EMATeacherCallback()]).fit(module, token_loader())
+    assert all(torch.equal(v, before[n]) for n, v in module.state_dict().items())
