@@ -8,8 +8,9 @@ Examples::
     smart-train -m hparams_search=optuna            # an Optuna search (pip install "lightning-smart[optuna]")
     smart-train --config-dir my_conf data=my_data   # add your own presets
 
-A run writes, under Hydra's output folder: ``csv/metrics.csv``, ``checkpoints/`` (best and last) and
-``summary.json``. Config and data are checked before Hydra creates that folder, where Hydra allows.
+A run writes, under Hydra's output folder: ``csv/metrics.csv``, ``checkpoints/`` (best and last: one file when they
+are the same step), ``model/`` and ``teacher/`` (``save_pretrained`` folders) and ``summary.json``. Config and data
+are checked before Hydra creates that folder, where Hydra allows.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from lightning.pytorch.callbacks import (
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher, _SubprocessScriptLauncher
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -57,6 +57,7 @@ from transformers import AutoConfig
 from lightning_smart import __version__
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import TextDataModule
+from lightning_smart.export import AtomicCheckpointIO, LastCheckpoint, export_pretrained
 from lightning_smart.schema import TrainerConf, register_configs
 from lightning_smart.sweep import replacing
 from lightning_smart.tasks import SequenceTask
@@ -308,21 +309,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint (``last.ckpt`` is overwritten at every validation) beside its path, then renames it.
-
-    Lightning serializes to memory first, but then writes through a temporary file in the system's temp folder and
-    moves it into place, a copy (not atomic) when that folder is on another file system. Renaming within the
-    checkpoint's own folder is atomic: a crash while writing leaves the previous checkpoint whole.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with replacing(target) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-
 def _check_checkpoint(path: str, model: pl.LightningModule) -> None:
     """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
     key = f"ckpt_path={path!r}"
@@ -367,6 +353,7 @@ class Run:
     trainer: pl.Trainer
     checkpoint: ModelCheckpoint
     validation: _ValidationStep
+    teacher: EMATeacherCallback | None
 
 
 def build(cfg: DictConfig, output_dir: str | Path) -> Run:
@@ -399,24 +386,31 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     )
     callbacks: list[Callback] = [checkpoint]
     if save_last:  # the latest validated step, overwritten at each validation: what a resume needs
-        callbacks.append(ModelCheckpoint(out / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                                         enable_version_counter=False,
-                                         save_weights_only=cfg.checkpoint.save_weights_only))
+        callbacks.append(LastCheckpoint(checkpoint, out / "checkpoints", cfg.checkpoint.save_weights_only))
     validation = _ValidationStep(checkpoint)
     callbacks += [validation, LearningRateMonitor("step"), RandomState()]
     if cfg.progress_bar:
         callbacks += [RichProgressBar(), RichModelSummary()]
-    if checked.teacher is not None:
-        callbacks.append(EMATeacherCallback.from_config(checked.teacher))
+    teacher = None if checked.teacher is None else EMATeacherCallback.from_config(checked.teacher)
+    if teacher is not None:
+        callbacks.append(teacher)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, out) or False,
                           default_root_dir=str(out), enable_progress_bar=cfg.progress_bar,
                           plugins=[AtomicCheckpointIO()])
     _refuse_relaunch_under_multirun(trainer, cfg.trainer.strategy)
-    return Run(checked, model, trainer, checkpoint, validation)
+    return Run(checked, model, trainer, checkpoint, validation, teacher)
 
 
-def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> dict[str, Any]:
     """Fine-tune as ``cfg`` says, evaluate, and write ``summary.json`` in ``output_dir``.
+
+    At the end of training the final student is saved in ``model/``, and the teacher, when validated, in
+    ``teacher/`` (``save_pretrained`` folders with the tokenizer), before the test sets load the best checkpoint.
+
+    Args:
+        cfg: the composed config.
+        output_dir: the run's folder.
+        run: what :func:`build` made of ``cfg`` (built here when ``None``).
 
     Returns:
         The summary: ``score`` (the final value of ``metric``), ``val`` and ``val_teacher`` (final validation
@@ -425,7 +419,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """
     start = time.perf_counter()
     out = Path(output_dir)
-    run = build(cfg, out)
+    run = run or build(cfg, out)
     checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
     trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path)
     # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
@@ -438,6 +432,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if run.validation.step != steps and not spawned:
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    exported: dict[str, str] = {}
+    if trainer.is_global_zero:  # spawned workers keep the teacher: the main process exports the student alone
+        teacher = run.teacher
+        ema = teacher.ema if teacher is not None and teacher.config.validate else None
+        exported = export_pretrained(model, checked.data.tokenizer, out, ema)
     test: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
         results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if checkpoint.best_model_path else None,
@@ -460,7 +459,8 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "smart_skipped": skipped,
         "wall_time_s": round(time.perf_counter() - start, 1),
         "files": {"metrics_csv": "csv/metrics.csv" if cfg.logger.csv else None,
-                  "last_checkpoint": "checkpoints/last.ckpt" if cfg.checkpoint.save_last else None},
+                  "last_checkpoint": "checkpoints/last.ckpt" if cfg.checkpoint.save_last else None,
+                  "model": exported.get("model"), "teacher": exported.get("teacher")},
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import lightning.pytorch as pl
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -51,3 +52,14 @@ def write_csv(path: Path, header: str, rows: Sequence[str]) -> Path:
     """A small CSV file: its header line and data lines."""
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path
+
+
+class Interrupt(pl.Callback):
+    """Stops the run as a crash would: an exception at the start of optimizer step ``at`` (0-based)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.at:
+            raise RuntimeError("interrupted")

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_app import TINY, app_config, smart_train, write_csv
+from helpers_app import TINY, Interrupt, app_config, smart_train, write_csv
 
 from lightning_smart.cli import build, train
 from lightning_smart.config import ConfigError
@@ -24,17 +24,6 @@ RESUMABLE = [
     "checkpoint.save_last=true",
     "smart.sigma=1e-3",
 ]
-
-
-class Interrupt(pl.Callback):
-    """Stops the run as a crash would: an exception at the start of optimizer step ``at`` (0-based)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == self.at:
-            raise RuntimeError("interrupted")
 
 
 def _final(out: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
