@@ -512,3 +512,7 @@ def _remove_if_only_hydra(output_dir: Path) -> str:
     except OSError as err:
         return f" (the run folder {output_dir} could not be removed: {err})"
     return ""
+
+
+if __name__ == "__main__":
+    main()

