@@ -452,8 +452,10 @@ class SmartLightningModule:
             radius, spacing, magnitude, dtype = self._smart_resolution(x, batch)
             if radius < spacing / 2:
                 self._smart_warn_unresolved(radius, spacing, magnitude, dtype)
-        if cfg.probe:
-            probe = self.smart_probe(batch, batch_idx)
+        if cfg.probe:  # on a forked RNG: its dropout draws leave the training's stream (and a resume) as they were
+            device: torch.device = self.device  # type: ignore[attr-defined]
+            with _replayed(_rng_snapshot(device), device):
+                probe = self.smart_probe(batch, batch_idx)
             self._smart_log({"smart/probe_perturbation_kl": probe["perturbation_kl"],
                              "smart/probe_dropout_kl": probe["dropout_kl"]})
             if probe["perturbation_kl"] < 0.01 * probe["dropout_kl"]:

@@ -194,22 +194,49 @@ def test_perturb_at_that_finds_nothing_is_an_error_naming_it(perturb_at: str, me
         trainer(max_steps=1).fit(GRUClassifier(perturb_at), token_loader())
 
 
-def test_bf16_mixed_gives_every_trainable_parameter_a_finite_nonzero_gradient() -> None:
-    task = SequenceTask(tiny_bert(dropout=0.1), num_labels=3, smart=SmartConfig(probe=False))
+class TermGradients(SequenceTask):
+    """Records, in its own training_step, the gradients of λs·R_s and of μ·D alone on every trainable parameter."""
+
+    def smart_divergence(self, p: torch.Tensor, q: torch.Tensor, batch: dict) -> torch.Tensor:
+        value = super().smart_divergence(p, q, batch)
+        self.terms.append(value)  # the ascent's K calls, then R_s, then D
+        return value
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.terms: list[torch.Tensor] = []
+        loss = self.smart_loss(batch, batch_idx)
+        params = [p for p in self.parameters() if p.requires_grad]
+        adv_reg, bregman = self.terms[-2:]
+        self.term_grads = {
+            name: torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            for name, term in (("R_s", self.smart.lambda_s * adv_reg), ("D", self.smart_teacher.weight(0) * bregman))
+        }
+        return loss
+
+
+@pytest.mark.parametrize("policy", ["fp32", "autocast"])
+def test_bf16_mixed_gives_every_trainable_parameter_a_gradient_from_each_regularizer(policy: str) -> None:
+    smart = SmartConfig(epsilon=0.05, sigma=0.01, eta=0.05, probe=False, perturbed_precision=policy)
+    task = TermGradients(tiny_bert(dropout=0.1), num_labels=3, smart=smart)
     grads: dict[str, torch.Tensor] = {}
 
     class Grads(pl.Callback):
         def on_before_optimizer_step(self, trainer, module, optimizer):
             grads.update({n: p.grad.clone() for n, p in module.named_parameters() if p.requires_grad})
 
-    teacher = EMATeacherCallback(mu=1.0)
-    trainer(max_steps=1, precision="bf16-mixed", callbacks=[teacher, Grads()]).fit(task, token_loader())
-    assert teacher.num_updates == 1
-    params = dict(task.named_parameters())
-    assert grads.keys() == params.keys()
-    for name, grad in grads.items():
-        assert torch.isfinite(grad).all(), name
-        assert grad.abs().sum() > 0, name
+    teacher = EMATeacherCallback(mu=1.0, beta=0.5)
+    trainer(max_steps=2, precision="bf16-mixed", callbacks=[teacher, Grads()]).fit(task, token_loader())
+    assert teacher.num_updates == 2
+    names = [n for n, p in task.named_parameters() if p.requires_grad]
+    assert grads.keys() == set(names)
+    for name, grad in grads.items():  # F's gradient
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    # The second step's terms on their own (the teacher has moved off the student): a term whose gradient were
+    # lost under autocast (Lightning #19517/#20644) would leave None or zeros here while F's stayed non-zero.
+    for term, term_grads in task.term_grads.items():
+        for name, grad in zip(names, term_grads, strict=True):
+            assert grad is not None, (term, name)
+            assert torch.isfinite(grad).all() and grad.abs().sum() > 0, (term, name)
 
 
 def test_accumulation_and_clipping_update_the_teacher_once_per_optimizer_step() -> None:
