@@ -67,7 +67,8 @@ class Splits:
 class TextDataModule(pl.LightningDataModule):
     """Text classification or regression data for :class:`~lightning_smart.tasks.SequenceTask`.
 
-    Each batch is padded to its own longest sequence (``DataCollatorWithPadding``), never to ``max_length``.
+    Each batch is padded to its own longest sequence (``DataCollatorWithPadding``), never to ``max_length``, on the
+    tokenizer's ``padding_side``; a tokenizer without a padding token (a decoder's) pads with its end-of-sequence one.
     Splits are drawn once with ``split_seed``; ``train_size`` caps the training set for low-resource runs.
 
     Args:
@@ -202,10 +203,18 @@ class TextDataModule(pl.LightningDataModule):
         if self._tokenizer is None:
             name = self.args.tokenizer or minilm_path()
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(name)
+                tokenizer = AutoTokenizer.from_pretrained(name)
             except (OSError, ValueError) as err:
                 raise DataError(f"data.tokenizer={name!r} (by default model.name_or_path) could not be loaded: {err}"
                                 ) from None
+            if tokenizer.pad_token is None:  # decoder-only models (GPT-2, Llama) ship none: pad with end-of-text
+                if tokenizer.eos_token is None:
+                    raise DataError(f"data.tokenizer={name!r} has neither a padding nor an end-of-sequence token:"
+                                    " batches cannot be padded; give it a pad_token")
+                tokenizer.pad_token = tokenizer.eos_token
+                rank_zero_info(f"data.tokenizer={name!r} has no padding token: padding with its end-of-sequence"
+                               f" token {tokenizer.eos_token!r}, on the {tokenizer.padding_side}")
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     # -- the examples -------------------------------------------------------------------------

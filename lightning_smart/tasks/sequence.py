@@ -34,6 +34,28 @@ def _metrics(num_labels: int) -> MetricCollection:
     })
 
 
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, GroupNorm, RMSNorm (torch's, or a model's own such as ``LlamaRMSNorm``): by type, not by name."""
+    normalization = nn.modules.normalization
+    return type(module).__module__ == normalization.__name__ or type(module).__name__.endswith("Norm")
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups: weight decay on the weights, none on biases and normalization layers' parameters.
+
+    Normalization layers are found by module type (:func:`_is_norm`: torch's ``LayerNorm``/``RMSNorm``, a model's
+    own ``*Norm`` class), so a decoder's ``input_layernorm`` (``LlamaRMSNorm``) or GPT-2's ``ln_1`` is spared as
+    BERT's ``LayerNorm`` is, whatever the attribute's name. Trainable parameters only.
+    """
+    no_decay = {id(p) for sub in module.modules() if _is_norm(sub) for p in sub.parameters(recurse=False)}
+    no_decay |= {id(p) for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
 class SequenceTask(SmartLightningModule, pl.LightningModule):
     """Sequence classification or regression with SMART.
 
@@ -42,10 +64,12 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
         num_labels: number of classes; 1 for regression.
         smart: the SMART hyperparameters.
         lr: AdamW's peak learning rate.
-        weight_decay: AdamW's weight decay (not applied to biases and LayerNorm weights).
+        weight_decay: AdamW's weight decay (not applied to biases and normalization layers: :func:`parameter_groups`).
         warmup_ratio: fraction of the optimizer steps of linear warm-up before the linear decay.
         model_overrides: config values for ``from_pretrained`` (e.g. ``{"num_hidden_layers": 2}``).
         test_names: names of the test dataloaders, in order (``test/<name>/<metric>``).
+        pad_token_id: the tokenizer's padding id, set on the model's config when it has none: a decoder's
+            ``*ForSequenceClassification`` classifies each sequence at its last token that is not padding.
     """
 
     def __init__(
@@ -58,6 +82,7 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
         warmup_ratio: float = 0.1,
         model_overrides: Mapping[str, Any] | None = None,
         test_names: Sequence[str] = ("test",),
+        pad_token_id: int | None = None,
     ) -> None:
         super().__init__(smart=smart)
         if not isinstance(num_labels, int) or num_labels < 1:
@@ -73,6 +98,9 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
             else AutoModelForSequenceClassification.from_pretrained(model, num_labels=num_labels,
                                                                     **dict(model_overrides or {}))
         )
+        config = getattr(module, "config", None)
+        if pad_token_id is not None and config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = pad_token_id
         self.model = module.train()  # from_pretrained returns eval mode: dropout would be off in training
         self.num_labels = num_labels
         self.test_names = list(test_names)
@@ -105,13 +133,7 @@ class SequenceTask(SmartLightningModule, pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp: Any = self.hparams
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in params if not n.endswith(no_decay)], "weight_decay": hp.weight_decay},
-            {"params": [p for n, p in params if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        optimizer = torch.optim.AdamW(parameter_groups(self, hp.weight_decay), lr=hp.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
