@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -144,15 +143,44 @@ def test_hub_needs_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None
         TextDataModule("hub", path="glue", hub_subset="sst2").load()
 
 
-def test_hub_splits_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
-    rows = [{"sentence": f"s{i}", "label": i % 2} for i in range(30)]
-    fake = types.SimpleNamespace(load_dataset=lambda name, subset: {"train": rows, "validation": rows[:6]})
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    data = TextDataModule("hub", path="glue", hub_subset="sst2", text_column="sentence", test_size=0.2)
+def _saved_glue_like(folder: Path) -> Path:
+    """A real DatasetDict saved to disk, shaped as GLUE's sst2: labelled train and validation, an unlabeled test."""
+    datasets = pytest.importorskip("datasets", reason="the hub extra is not installed")
+    texts = load_snippets("movies", 2)[0]
+    def split(start: int, n: int, labelled: bool = True) -> object:
+        rows = range(start, start + n)
+        return datasets.Dataset.from_dict({"sentence": [texts.texts[i] for i in rows], "idx": list(rows),
+                                           "label": [texts.labels[i] if labelled else -1 for i in rows]})
+    datasets.DatasetDict({"train": split(0, 30), "validation": split(30, 6), "test": split(36, 5, False)}
+                         ).save_to_disk(folder)
+    return folder
+
+
+def test_hub_splits_of_a_dataset_saved_to_disk_leave_out_the_unlabeled_test(tmp_path: Path) -> None:
+    folder = _saved_glue_like(tmp_path / "sst2")
+    data = TextDataModule("hub", path=str(folder), text_column="sentence", test_size=0.2)
     splits = data.load()
-    assert (len(splits.train), len(splits.val), len(splits.test["glue"])) == (24, 6, 6)
-    with pytest.raises(DataError, match=r"data\.hub_test_split: hub dataset 'glue' has no split 'test'"):
-        TextDataModule("hub", path="glue", text_column="sentence", hub_test_split="test").load()
+    assert (len(splits.train), len(splits.val), len(splits.test["sst2"])) == (24, 6, 6)
+    assert data.stats["unlabeled_splits_left_out"] == ["test"]
+    movies = load_snippets("movies", 2)[0]
+    assert sorted(splits.val.texts) == sorted(movies.texts[30:36])  # the saved validation split, as saved
+    assert set(splits.train.labels) | set(splits.val.labels) <= {0, 1}
+    with pytest.raises(DataError) as raised:
+        TextDataModule("hub", path=str(folder), text_column="sentence", hub_test_split="test").load()
+    assert str(raised.value).startswith(f"data.hub_test_split: split 'test' of hub dataset {str(folder)!r} has no"
+                                        " labels (every label is -1")
+    with pytest.raises(DataError, match=r"data\.hub_test_split: hub dataset .* has no split 'dev'"):
+        TextDataModule("hub", path=str(folder), text_column="sentence", hub_test_split="dev").load()
+
+
+def test_a_single_dataset_saved_to_disk_is_the_train_split(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets", reason="the hub extra is not installed")
+    rows = {"text": [f"text {i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "one")
+    data = TextDataModule("hub", path=str(tmp_path / "one"), hub_val_split=None, val_size=4, test_size=4)
+    splits = data.load()
+    assert (len(splits.train), len(splits.val), len(splits.test["one"])) == (12, 4, 4)
+    assert "unlabeled_splits_left_out" not in data.stats
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

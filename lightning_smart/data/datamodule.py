@@ -76,7 +76,9 @@ class TextDataModule(pl.LightningDataModule):
             classes), ``csv`` or ``jsonl`` (a local file), or ``hub`` (a Hugging Face dataset, needs ``datasets``).
         tokenizer: name or folder for ``AutoTokenizer``; ``None`` is the shipped all-MiniLM-L6-v2.
         num_labels: number of classes; 1 for regression (the snippets' rating instead of its sign).
-        path: the file (``csv``/``jsonl``) or the dataset name (``hub``).
+        path: the file (``csv``/``jsonl``), or the dataset (``hub``): its name, or a folder saved by
+            ``save_to_disk``. Splits without labels (every label −1, as GLUE's test splits) are left out, and
+            named in :attr:`stats` (``unlabeled_splits_left_out``, in ``summary.json``'s ``data``).
         val_path: a separate validation file; ``None`` carves ``val_size`` out of ``path``.
         test_path: a separate test file; ``None`` carves ``test_size`` out of ``path``.
         text_column: the text's column in files and Hub datasets.
@@ -266,10 +268,16 @@ class TextDataModule(pl.LightningDataModule):
 
     def _load_hub(self) -> tuple[Examples, dict[str, Examples]]:
         hp = self.args
-        loaded = load_hub(hp.path, hp.hub_subset, self.columns)
+        loaded, unlabeled = load_hub(hp.path, hp.hub_subset, self.columns)
+        if unlabeled:
+            self.stats["unlabeled_splits_left_out"] = unlabeled
         wanted = {"train": ("data.path", "train"), "val": ("data.hub_val_split", hp.hub_val_split),
                   "test": ("data.hub_test_split", hp.hub_test_split)}
         for key, split in wanted.values():
+            if split in unlabeled:
+                raise DataError(f"{key}: split {split!r} of hub dataset {hp.path!r} has no labels (every label is -1,"
+                                f" as GLUE's test splits): choose a labelled one of {sorted(loaded)}, or null to carve"
+                                " it out of train")
             if split is not None and split not in loaded:
                 raise DataError(f"{key}: hub dataset {hp.path!r} has no split {split!r}; its splits: {sorted(loaded)}")
         given = {name: loaded[split] for name, (_, split) in wanted.items() if name != "train" and split is not None}

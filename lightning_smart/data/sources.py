@@ -206,22 +206,47 @@ def load_file(path: str, source: str, columns: Columns, key: str = "data.path") 
     return examples_from_rows(_read_rows(file, source), columns, str(file))
 
 
-def load_hub(name: str, subset: str | None, columns: Columns) -> dict[str, Examples]:
-    """Every split of a Hugging Face Hub dataset, through the optional ``datasets`` package.
+UNLABELED = -1  # what GLUE and other Hub datasets put in the label column of their unlabeled test splits
+
+
+def _is_saved_dataset(path: str) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    folder = Path(path).expanduser()
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def load_hub(name: str, subset: str | None, columns: Columns) -> tuple[dict[str, Examples], list[str]]:
+    """Every labelled split of a Hugging Face dataset, through the optional ``datasets`` package.
+
+    A split whose every label is −1 (as GLUE's test splits) has no labels: it is left out, and named in the result.
 
     Args:
-        name: the dataset's name on the Hub (or a local dataset folder).
-        subset: its configuration (e.g. ``sst2`` of ``glue``), or ``None``.
+        name: the dataset's name on the Hub, or a local folder: one saved by ``save_to_disk`` is read with
+            ``datasets.load_from_disk`` (a single ``Dataset`` is the ``train`` split), any other with
+            ``datasets.load_dataset``.
+        subset: its configuration (e.g. ``sst2`` of ``glue``), or ``None``; not used for a saved folder.
         columns: which fields hold the text, the pair and the label.
+
+    Returns:
+        The examples of each labelled split, and the names of the splits left out for having no labels.
     """
     try:
         import datasets
     except ImportError:
         raise DataError("data.source=hub needs the datasets package: pip install datasets"
                         " (or use data.source=csv/jsonl with a local file)") from None
-    loaded = datasets.load_dataset(name, subset)
+    if _is_saved_dataset(name):
+        saved = datasets.load_from_disk(str(Path(name).expanduser()))
+        loaded = {"train": saved} if isinstance(saved, datasets.Dataset) else dict(saved)
+    else:
+        loaded = dict(datasets.load_dataset(name, subset))
     label = f"{name}/{subset}" if subset else name
-    return {
+    unlabeled = [split for split, rows in loaded.items() if columns.label in rows.column_names and len(rows)
+                 and all(value == UNLABELED for value in rows[columns.label])]
+    if unlabeled:
+        rank_zero_info(f"hub dataset {label!r}: left out split(s) {unlabeled}: every label is {UNLABELED} (no labels)")
+    examples = {
         split: examples_from_rows(enumerate(rows, 1), columns, f"hub dataset {label!r} split {split!r}", "row")
-        for split, rows in loaded.items()
+        for split, rows in loaded.items() if split not in unlabeled
     }
+    return examples, unlabeled
