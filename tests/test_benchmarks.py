@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -33,47 +33,78 @@ def load_quality():
     return module
 
 
-@pytest.mark.slow
-def test_step_cost_quick_prints_the_table_then_the_two_ratios() -> None:
-    lines = run_script("step_cost.py", "--quick", timeout=600).strip().splitlines()
-    time_ratio = re.fullmatch(r"smart_vs_plain_fp32=(\d+\.\d+)", lines[-2])
-    memory_ratio = re.fullmatch(r"smart_mem_vs_plain_fp32=(\d+\.\d+)", lines[-1])
-    assert time_ratio and memory_ratio, lines[-2:]
-    assert float(time_ratio[1]) > 1.0  # a full SMART step does about three times plain's work
-    assert float(memory_ratio[1]) > 1.0  # it holds a teacher and a second graph
-    for setting in ("plain", "r3f", "SMART no teacher (K=1)", "SMART full (K=1)", "SMART full (K=2)"):
-        rows = [line for line in lines if line.startswith(setting + " ")]
-        assert len(rows) == 2, (setting, lines)  # one row per precision
+RATIOS = ("smart_vs_plain_fp32", "smart_mem_vs_plain_fp32", "smart_vs_plain_bf16", "smart_relative_vs_plain_bf16",
+          "smart_rs_vs_peer_fp32")
 
 
 @pytest.mark.slow
-def test_quality_quick_writes_raw_results_summary_and_plot(tmp_path: Path) -> None:
-    out = run_script("quality.py", "--quick", "--out", str(tmp_path), timeout=600)
-    runs = [json.loads(line) for line in (tmp_path / "quality_runs.jsonl").read_text().splitlines()]
-    assert [(r["setting"], r["seed"]) for r in runs] == [("off", 0), ("paper", 0)]
+def test_step_cost_quick_prints_every_row_and_the_five_ratios(minilm_path: str) -> None:
+    lines = run_script("step_cost.py", "--quick", "--threads", "1", timeout=1200).strip().splitlines()
+    ratios = {}
+    for line, name in zip(lines[-5:], RATIOS, strict=True):
+        found = re.fullmatch(rf"{name}=(\d+\.\d+|n/a)", line)
+        assert found, (name, lines[-5:])
+        ratios[name] = found[1]
+    rows = {}
+    for line in lines:
+        found = re.fullmatch(r"(.+?)\s+(32-true|bf16-mixed)\s+(\d+\.\d+)\s+\S+\s+(\d+\.\d+)\s+(\S+)\s+(\S+)", line)
+        if found:
+            rows[found[1], found[2]] = (float(found[4]), None if found[5] == "—" else float(found[5]))
+    fp32 = {"plain", "r3f (K=0, σ=1e-5)", "SMART no teacher (K=1)", "SMART full (K=1)", "SMART full (K=2)",
+            "lazy k=4 (full K=1)", "relative_shared full"}
+    bf16 = {"plain", "SMART full (K=1)", "lazy k=4 (full K=1)", "full, policy fp32", "full, policy autocast",
+            "relative_shared full"}
+    peer = importlib.util.find_spec("smart_pytorch") is not None
+    assert set(rows) == {(n, "32-true") for n in fp32 | ({"smart-pytorch R_s (peer)"} if peer else set())} | {
+        (n, "bf16-mixed") for n in bf16}
+    assert ratios["smart_rs_vs_peer_fp32"] != "n/a" if peer else ratios["smart_rs_vs_peer_fp32"] == "n/a"
+    assert float(ratios["smart_vs_plain_fp32"]) == pytest.approx(rows["SMART full (K=1)", "32-true"][0], abs=0.006)
+    # Time: a full step does about three times plain's work; lazy k = 4 adds a quarter of the extra.
+    assert rows["SMART full (K=1)", "32-true"][0] > 1.5
+    assert rows["lazy k=4 (full K=1)", "32-true"][0] < rows["SMART full (K=1)", "32-true"][0]
+    # Memory (allocations, deterministic): the teacher holds an fp32 copy of the trainable weights; under bf16,
+    # auto runs the paper's passes exactly as the fp32 policy does.
+    config = AutoConfig.from_pretrained(minilm_path, num_hidden_layers=1, num_labels=2)
+    params = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(config).parameters())
+    peak = {key: mib for key, (_, mib) in rows.items() if mib is not None}
+    assert peak["SMART full (K=1)", "32-true"] - peak["SMART no teacher (K=1)", "32-true"] >= 4 * params / 2**20 - 0.1
+    assert peak["SMART full (K=1)", "bf16-mixed"] == peak["full, policy fp32", "bf16-mixed"]
+
+
+@pytest.mark.slow
+def test_quality_quick_runs_composed_settings_and_resumes(tmp_path: Path) -> None:
+    args = ("study", "--quick", "--out", str(tmp_path), "--lr", "1e-4", "--steps", "4", "--threads", "1")
+    out = run_script("quality.py", *args, "--settings", "plain,paper_stab", "--setting",
+                     "lazy2:smart=paper teacher=paper smart.every_n_steps=2", timeout=900)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [(r["setting"], r["seed"]) for r in runs] == [("plain", 0), ("paper_stab", 0), ("lazy2", 0)]
     for row in runs:
-        for metric in ("val", "movie", "tweets", "amazon", "robust", "tweets_bal"):
-            assert 0.0 <= row[metric] <= 1.0, metric
-    assert runs[1]["teacher"] == {} and runs[0]["teacher"] is None
-    with (tmp_path / "quality.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 2
-    summary = json.loads((tmp_path / "quality_summary.json").read_text())
-    assert set(summary["summary"]) == {"off", "paper"} and len(summary["summary"]["off"]["movie"]) == 3
-    assert (tmp_path / "quality.png").stat().st_size > 10_000
-    assert re.search(r"^off\s+1\s", out, re.MULTILINE) and re.search(r"^paper\s+1\s", out, re.MULTILINE)
+        assert row["steps_done"] == 4 and row["splits"] == ["val", "movies", "tweets", "amazon", "nyt", "robust"]
+        assert [step for step, _ in row["curve"]] == [2, 4]
+        assert row["robust"]["acc"] <= row["robust"]["clean"] and row["robust"]["n"] > 0
+        for split in ("val", "movies", "tweets"):
+            assert set(row[split]) == {"acc", "bal", "majority"}
+    assert runs[0]["probe"] == {} and set(runs[1]["probe"]) == {"probe_perturbation_kl", "probe_dropout_kl"}
+    # The stabilized paper setting composed the package's presets and its options: the ramp shows in the weights.
+    assert "smart.rampup=0.25" in runs[1]["overrides"] and "teacher=paper" in runs[1]["overrides"]
+    assert re.search(r"^\| plain \| 1 \| \d \| ", out, re.MULTILINE)
+    assert re.search(r"^\| lazy2 \| 1 \| [+-]\d", out, re.MULTILINE)  # the paired difference row
 
-    again = run_script("quality.py", "--quick", "--out", str(tmp_path), "--resume", timeout=600)
-    assert "[1/2]" not in again and "[2/2]" not in again  # both runs were already there
-    assert len((tmp_path / "quality_runs.jsonl").read_text().splitlines()) == 2
+    again = run_script("quality.py", *args, "--settings", "plain,paper_stab", timeout=600)
+    assert "2 runs planned, 2 in shard 0/1, 0 to do" in again
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
 
 
-def test_settings_parse_onto_a_preset_and_fail_on_a_bad_key() -> None:
+def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs() -> None:
     quality = load_quality()
-    setting = quality.parse_setting("rel=paper,smart.epsilon_scale=relative,smart.epsilon=1e-2,teacher.half_life=0.2")
-    assert setting.smart == {"epsilon_scale": "relative", "epsilon": 0.01}
-    assert setting.teacher == {"half_life": 0.2}
-    assert quality.parse_setting("plain=paper,teacher=off").teacher is None
-    with pytest.raises(SystemExit, match="epsilon"):
-        quality.parse_setting("bad=paper,smart.epsilon=-1")
-    with pytest.raises(SystemExit, match="neither"):
-        quality.parse_setting("bad=paper,lr=3")
+    curves = {2e-5: [[50, 0.6], [100, 0.7]], 5e-5: [[50, 0.7], [100, 0.8]], 1e-4: [[50, 0.75], [100, 0.72]]}
+    rows = [{"lr": lr, "curve": [[s, v + 0.01 * seed] for s, v in curve]} for lr, curve in curves.items()
+            for seed in range(3)]
+    lr, step, medians = quality.lr_choice(rows)
+    assert (lr, step) == (5e-5, 100) and medians[1e-4] == [(50, 0.76), (100, 0.73)]
+    mean, low, high = quality.bootstrap([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and 1.0 <= low < 3.0 < high <= 5.0
+    assert quality.bootstrap([2.0, 2.0]) == (2.0, 2.0, 2.0)
+    assert quality.failed({"val": {"acc": 0.505, "majority": 0.5}}) and not quality.failed(
+        {"val": {"acc": 0.52, "majority": 0.5}})
+    assert quality.failed({"val": {"pearson": 0.05}}) and quality.parse_seeds("0-2") == [0, 1, 2]

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 import torch
 from conftest import tiny_bert, token_examples
 
-from lightning_smart import EMATeacherCallback, SmartConfig
+from lightning_smart import EMATeacherCallback, SmartConfig, sample_noise
 from lightning_smart.tasks import SequenceTask
 
 STEPS, GLOBAL_BATCH = 4, 8
@@ -19,7 +19,10 @@ class Record(pl.Callback):
     """Each rank writes its per-step losses and its teacher to ``folder``."""
 
     def __init__(self, folder: Path, teacher: EMATeacherCallback) -> None:
-        self.folder, self.teacher, self.losses = folder, teacher, []
+        self.folder, self.teacher, self.losses, self.seeds = folder, teacher, [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.seeds.append(module.smart_noise_seed(batch_idx))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.losses.append(outputs["loss"].item())
@@ -27,6 +30,7 @@ class Record(pl.Callback):
     def on_train_end(self, trainer, module):
         rank = trainer.global_rank
         (self.folder / f"losses{rank}.json").write_text(json.dumps(self.losses))
+        (self.folder / f"seeds{rank}.json").write_text(json.dumps(self.seeds))
         torch.save({n: e.clone() for n, e in self.teacher.ema.items()}, self.folder / f"teacher{rank}.pt")
 
 
@@ -66,3 +70,10 @@ def test_ddp_teachers_agree_and_follow_the_single_process_trajectory(tmp_path: P
     assert max(abs(a - b) for a, b in zip(single, ddp, strict=True)) <= 1e-5
     alone = torch.load(tmp_path / "single" / "teacher0.pt")
     assert all(torch.allclose(alone[n], t0[n], atol=1e-5) for n in alone)
+    # Each rank draws its own σ-noise: smart_noise_seed holds the rank a factor P = 1_000_003 above the step, so the
+    # ranks' seeds differ by exactly P² at every step, and a resume replays them.
+    seeds = [json.loads((tmp_path / "ddp" / f"seeds{r}.json").read_text()) for r in (0, 1)]
+    assert len(set(seeds[0])) == STEPS and len(seeds[1]) == STEPS
+    assert all((b - a) % (2**63 - 1) == 1_000_003**2 for a, b in zip(*seeds, strict=True))
+    noise = [sample_noise(torch.zeros(2, 3, 4), None, 1.0, seed[0]) for seed in seeds]
+    assert not torch.equal(*noise)
