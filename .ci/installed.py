@@ -21,7 +21,7 @@ def _requirements() -> list[str]:
     try:
         import tomllib
     except ImportError:  # Python 3.10: the metadata of the last install
-        return [r for r in metadata.requires("lightning-smart") or []]
+        return list(metadata.requires("lightning-smart") or [])
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
     return [*project["dependencies"], *(r for extra in EXTRAS if extra for r in extras.get(extra, []))]

@@ -5,11 +5,13 @@
   checkpoint when both are the same step: one file on disk, two names;
 - :func:`export_pretrained` writes ``model/`` (the final student) and ``teacher/`` (the student's model with the
   EMA tensors in place of its trainable weights), each with the tokenizer, for
-  ``AutoModelForSequenceClassification.from_pretrained``.
+  ``AutoModelForSequenceClassification.from_pretrained``;
+- :func:`summarize`, :func:`write_json` and :func:`print_summary`: ``summary.json``, and its table.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,11 +19,19 @@ from typing import Any
 from weakref import proxy
 
 import lightning.pytorch as pl
+import torch
+import transformers
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_smart import __version__
 from lightning_smart.sweep import replacing
 
 
@@ -51,21 +61,21 @@ class LastCheckpoint(ModelCheckpoint):
     never change each other's content. Where the file system has no hard links, the checkpoint is written.
 
     Args:
-        best: the callback that keeps the best checkpoints.
+        best: the callback that keeps the best checkpoints (``None``: none to link to).
         dirpath: the checkpoints' folder.
         save_weights_only: leave out optimizer and callback states (cannot resume training).
     """
 
-    def __init__(self, best: ModelCheckpoint, dirpath: str | Path, save_weights_only: bool = False) -> None:
+    def __init__(self, best: ModelCheckpoint | None, dirpath: str | Path, save_weights_only: bool = False) -> None:
         super().__init__(dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
                          save_weights_only=save_weights_only)
         self.best = best
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         best = self.best
-        same_step = (best._last_global_step_saved == trainer.global_step and best._last_checkpoint_saved
-                     and best.save_weights_only == self.save_weights_only)
-        if not same_step:
+        same_step = best is not None and best._last_global_step_saved == trainer.global_step and bool(
+            best._last_checkpoint_saved) and best.save_weights_only == self.save_weights_only
+        if best is None or not same_step:
             super()._save_checkpoint(trainer, filepath)
             return
         if trainer.is_global_zero:
@@ -137,3 +147,63 @@ def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out:
     if ema:
         folders["teacher"] = save_pretrained(hf_model, tokenizer, out / "teacher", teacher_state_dict(hf_model, ema))
     return {name: os.path.relpath(path, out) for name, path in folders.items()}
+
+
+def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data: dict[str, Any], *,
+              val: dict[str, float], test: dict[str, dict[str, float]], steps: int, skipped: int,
+              best: tuple[Any, str], exported: dict[str, str], wall_time_s: float) -> dict[str, Any]:
+    """``summary.json``'s content.
+
+    Returns:
+        ``metric`` and ``score`` (its final value), ``val`` and ``val_teacher`` (final validation metrics of the
+        student and of the teacher), ``test`` (per test set, best checkpoint), ``best`` (score and checkpoint),
+        ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``wall_time_s``, ``files`` (the
+        metrics CSV, the last checkpoint, the exported ``model`` and ``teacher`` folders, relative to ``out``),
+        ``overrides``, the resolved ``config`` and the ``versions``.
+    """
+    best_score, best_path = best
+    csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    last = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)]
+    return {
+        "metric": metric,
+        "score": val[metric.removeprefix("val/")],
+        "val": {k: v for k, v in val.items() if not k.endswith("_teacher")},
+        "val_teacher": {k.removesuffix("_teacher"): v for k, v in val.items() if k.endswith("_teacher")} or None,
+        "test": test,
+        "best": {"score": None if best_score is None else float(best_score),
+                 "checkpoint": os.path.relpath(best_path, out) if best_path else None},
+        "data": data,
+        "steps": steps,
+        "smart_skipped": skipped,
+        "wall_time_s": round(wall_time_s, 1),
+        "files": {"metrics_csv": os.path.relpath(Path(csv[0].log_dir) / "metrics.csv", out) if csv else None,
+                  "last_checkpoint": os.path.relpath(Path(str(last[0].dirpath)) / "last.ckpt", out) if last else None,
+                  "model": exported.get("model"), "teacher": exported.get("teacher")},
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` so that a reader never sees half a file: a temporary file, then an atomic rename."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
+    """A short table of a run's final metrics: student and teacher side by side, then the test sets."""
+    table = Table(title=f"{summary['steps']} steps in {summary['wall_time_s']:.0f} s", title_justify="left")
+    for column in ("metric", "student", "teacher"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    teacher = summary["val_teacher"] or {}
+    for name, value in summary["val"].items():
+        table.add_row(f"val/{name}", f"{value:.4f}", f"{teacher[name]:.4f}" if name in teacher else "—")
+    for test_set, metrics in summary["test"].items():
+        for name, value in metrics.items():
+            table.add_row(f"test/{test_set}/{name}", f"{value:.4f}", "—")
+    console = Console()
+    console.print(table)
+    if path is not None:
+        console.print(f"summary: {path}")

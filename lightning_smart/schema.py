@@ -7,7 +7,7 @@ that is not in a dataclass, or a value of the wrong type, fails at composition w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -68,7 +68,12 @@ class DataConf:
 
 @dataclass
 class TrainerConf:
-    """Arguments of ``lightning.pytorch.Trainer`` (Lightning's documentation describes each)."""
+    """Arguments of ``lightning.pytorch.Trainer`` (Lightning's documentation describes each).
+
+    These are the defaults the app sets; ``AppConfig.trainer`` is open to any other argument of the Trainer
+    (``+trainer.profiler=simple`` on the command line, ``profiler: simple`` in a preset), which Lightning itself
+    checks before training.
+    """
 
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "cpu"
@@ -89,19 +94,6 @@ class TrainerConf:
     gradient_clip_val: float | None = None
     deterministic: Any = None
     fast_dev_run: Any = False
-
-
-@dataclass
-class LoggerConf:
-    """Which loggers write under the run's folder.
-
-    Args:
-        csv: ``csv/metrics.csv`` (the multirun plot reads it).
-        tensorboard: ``tensorboard/`` event files (needs the ``tensorboard`` package).
-    """
-
-    csv: bool = True
-    tensorboard: bool = False
 
 
 @dataclass
@@ -131,14 +123,18 @@ class AppConfig:
         test: evaluate the test and out-of-domain sets with the best checkpoint after training.
         ckpt_path: resume training from this checkpoint (e.g. a run's ``checkpoints/last.ckpt``).
         progress_bar: show Lightning's rich progress bar.
+        trainer: ``lightning.pytorch.Trainer``'s arguments: :class:`TrainerConf`'s defaults, and any other.
+        callbacks: Lightning callbacks by name, each a ``_target_`` entry that Hydra instantiates.
+        logger: Lightning loggers by name, likewise.
     """
 
     smart: SmartConfig = field(default_factory=SmartConfig)
     teacher: TeacherConfig | None = field(default_factory=TeacherConfig)
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
-    trainer: TrainerConf = field(default_factory=TrainerConf)
-    logger: LoggerConf = field(default_factory=LoggerConf)
+    trainer: dict[str, Any] = field(default_factory=lambda: asdict(TrainerConf()))
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     seed: int = 42
     metric: str | None = None

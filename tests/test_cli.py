@@ -19,20 +19,24 @@ import torch
 from helpers_app import TINY, app_config, smart_train, write_csv
 from hydra import compose, initialize_config_module
 from lightning.fabric.connector import _PRECISION_INPUT_STR
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lightning_smart import sweep
+from lightning_smart import checks, sweep
 from lightning_smart.cli import AtomicCheckpointIO, build, check, train
 from lightning_smart.config import ConfigError
 from lightning_smart.data import TextDataModule, minilm_path
+from lightning_smart.export import LastCheckpoint
 from lightning_smart.schema import DataConf
 from lightning_smart.sweep import Job, aggregate, settings
 from lightning_smart.tasks import SequenceTask
 from lightning_smart.teacher import EMATeacherCallback
 
 CONF = Path(str(files("lightning_smart.conf")))
-GROUPS = ("smart", "teacher", "model", "data", "trainer", "logger", "hparams_search", "experiment")
+GROUPS = ("smart", "teacher", "model", "data", "trainer", "callbacks", "logger", "hparams_search", "experiment")
 PRESETS = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).glob("*.yaml"))]
 
 
@@ -43,6 +47,7 @@ def test_every_group_has_its_presets() -> None:
     assert {"minilm", "minilm_l2", "hub"} <= found["model"]
     assert {"movies", "movies_rating", "movies_ood", "trec", "csv", "jsonl", "hub"} <= found["data"]
     assert found["trainer"] == {"cpu", "gpu_bf16", "ddp"} and found["logger"] == {"csv", "tensorboard"}
+    assert found["callbacks"] == {"default"}
     assert found["hparams_search"] == {"optuna"} and found["experiment"]
 
 
@@ -381,3 +386,51 @@ def test_a_crash_while_writing_the_aggregate_leaves_the_previous_file_whole(
         sweep.write(tmp_path)
     assert (tmp_path / output).read_bytes() == before[output]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_callbacks_and_loggers_are_config_groups_that_hydra_builds(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboardX", reason="TensorBoard is not installed")
+    early = "+callbacks.early_stopping={_target_: lightning.pytorch.callbacks.EarlyStopping, monitor: val/loss}"
+    overrides = [*TINY, "checkpoint.save_last=true", "logger=tensorboard", early, "callbacks.lr_monitor=null"]
+    with app_config(overrides) as cfg:
+        assert set(cfg.callbacks) == {"model_checkpoint", "last_checkpoint", "lr_monitor", "rich_progress_bar",
+                                      "rich_model_summary", "early_stopping"}
+        run = build(cfg, tmp_path)
+    kinds = {type(cb) for cb in run.trainer.callbacks}
+    assert {ModelCheckpoint, LastCheckpoint, EarlyStopping, EMATeacherCallback} <= kinds
+    assert LearningRateMonitor not in kinds and RichProgressBar not in kinds  # dropped; progress_bar=false
+    assert run.checkpoint is not None and run.checkpoint.monitor == "val/acc" and run.checkpoint.mode == "max"
+    assert Path(str(run.checkpoint.dirpath)) == tmp_path / "checkpoints"
+    (last,) = [cb for cb in run.trainer.callbacks if isinstance(cb, LastCheckpoint)]
+    assert last.best is run.checkpoint and Path(str(last.dirpath)) == tmp_path / "checkpoints"
+    assert [type(lg) for lg in run.trainer.loggers] == [CSVLogger, TensorBoardLogger]
+    assert Path(run.trainer.loggers[0].log_dir) == tmp_path / "csv"
+
+
+def test_a_callback_that_cannot_be_imported_is_named(tmp_path: Path) -> None:
+    with app_config([*TINY, "+callbacks.mine={_target_: nowhere.Callback}"]) as cfg, \
+            pytest.raises(ConfigError, match=r"^callbacks\.mine\._target_ is not allowed: "):
+        check(cfg)
+
+
+def test_any_trainer_argument_is_accepted_and_a_wrong_one_is_named(tmp_path: Path) -> None:
+    with app_config([*TINY, "+trainer.profiler=simple", "+trainer.benchmark=false"]) as cfg:
+        run = build(cfg, tmp_path)
+    assert isinstance(run.trainer.profiler, SimpleProfiler) and run.trainer.max_steps == 4
+    with app_config([*TINY, "+trainer.nonsense=1"]) as cfg, pytest.raises(ConfigError) as raised:
+        check(cfg)
+    assert str(raised.value).startswith("trainer.nonsense=1 is not allowed: Lightning refuses it:"), raised.value
+
+
+def test_the_config_is_checked_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    check_config = checks.check
+    monkeypatch.setattr(checks, "check", lambda cfg: calls.append(cfg) or check_config(cfg))
+    with initialize_config_module(config_module="lightning_smart.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=TINY, return_hydra_config=True)
+    checks.CheckBeforeRun().on_run_start(cfg)
+    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # what the task function receives
+    run = build(task_cfg, tmp_path)
+    assert len(calls) == 1 and run.checked.data.load().train
+    build(task_cfg, tmp_path)  # a second build of the same config checks it again: the result is used once
+    assert len(calls) == 2

@@ -1,0 +1,263 @@
+"""What ``smart-train`` checks before it trains: the config, the data, a checkpoint to resume from, the strategy.
+
+:func:`check` validates everything that can be checked before training, writing nothing; :class:`CheckBeforeRun`
+runs it before Hydra creates the run's folder. Each error is a :class:`~lightning_smart.config.ConfigError` that names
+the key (or the file) at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from transformers import AutoConfig
+
+from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
+from lightning_smart.data import TextDataModule
+from lightning_smart.schema import TrainerConf
+
+
+@dataclass
+class Checked:
+    """What :func:`check` built from a config: the validated hyperparameters and the loaded data."""
+
+    smart: SmartConfig
+    teacher: TeacherConfig | None
+    data: TextDataModule
+    metric: str
+
+
+def _metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
+    names = ("pearson", "spearman") if cfg.data.num_labels == 1 else ("acc", "f1", "mcc")
+    allowed = [f"val/{name}" for name in (*names, "loss")]
+    if teacher is not None and teacher.validate:
+        allowed += [f"val/{name}_teacher" for name in names]
+    metric = cfg.metric or allowed[0]
+    if metric not in allowed:
+        raise ConfigError(f"metric={metric!r} is not logged by this run: one of {', '.join(allowed)}")
+    return str(metric)
+
+
+def _not_allowed(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not allowed: {why}")
+
+
+def _check_run(cfg: DictConfig) -> None:
+    """The app's own keys: the seed and the optimizer's settings (the model's and data's are checked where used)."""
+    seed = cfg.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise _not_allowed("seed", seed, f"an integer in [0, {2**32 - 1}] (NumPy's seed range)")
+    model = cfg.model
+    if not math.isfinite(model.lr) or model.lr <= 0:
+        raise _not_allowed("model.lr", model.lr, "AdamW's peak learning rate must be a finite number > 0")
+    if not math.isfinite(model.weight_decay) or model.weight_decay < 0:
+        raise _not_allowed("model.weight_decay", model.weight_decay, "a finite number ≥ 0")
+    if not 0 <= model.warmup_ratio <= 1:
+        raise _not_allowed("model.warmup_ratio", model.warmup_ratio, "a fraction of the run's steps in [0, 1]:"
+                           " above 1 the learning rate would never reach model.lr")
+    if cfg.checkpoint.save_top_k < -1:
+        raise _not_allowed("checkpoint.save_top_k", cfg.checkpoint.save_top_k, "an integer ≥ -1 (-1 keeps all)")
+
+
+# Values Lightning accepts when the Trainer is built but refuses, or misbehaves with, once training runs.
+_TRAINER_RULES: dict[str, tuple[Any, str]] = {
+    "accumulate_grad_batches": (lambda v: isinstance(v, int) and v >= 1, "an integer ≥ 1"),
+    "log_every_n_steps": (lambda v: v is None or v >= 1, "an integer ≥ 1, or null"),
+    "check_val_every_n_epoch": (lambda v: v is None or v >= 1, "an integer ≥ 1, or null (validate by steps)"),
+    "gradient_clip_val": (lambda v: v is None or (math.isfinite(v) and v >= 0), "a finite number ≥ 0, or null"),
+    "num_sanity_val_steps": (lambda v: v is None or v >= -1, "an integer ≥ -1, or null"),
+}
+
+
+def _trainer_error(trainer: DictConfig | ListConfig) -> BaseException | None:
+    """Lightning's own error for these Trainer values, or ``None``: the Trainer is built with no logger, callback or
+    checkpointing, so it writes nothing."""
+    target = OmegaConf.to_container(trainer)
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # "GPU available: ..." belongs to the run, not to its check
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            instantiate(target, logger=False, callbacks=[], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=root)
+    except InstantiationException as err:
+        return err.__cause__ or err
+    except Exception as err:  # Lightning refuses with ValueError, TypeError, MisconfigurationException alike
+        return err
+    finally:
+        lightning_log.setLevel(level)
+    return None
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Every ``trainer.*`` value Lightning would refuse, found before training, with the key named.
+
+    Lightning is the judge: the Trainer is built once here. When it refuses, each value the user set is tried alone
+    on the defaults, so the message names the key at fault (or all of them, for a combination).
+    """
+    trainer = cfg.trainer
+    for key, (ok, allowed) in _TRAINER_RULES.items():
+        if key in trainer and not ok(trainer[key]):
+            raise _not_allowed(f"trainer.{key}", trainer[key], allowed)
+    error = _trainer_error(trainer)
+    if error is not None:
+        defaults = OmegaConf.create(asdict(TrainerConf()))  # open: an argument it does not list is tried too
+        given = {k: v for k, v in trainer.items() if k != "_target_" and (k not in defaults or v != defaults[k])}
+        at_fault = [k for k in given if _trainer_error(OmegaConf.merge(defaults, {k: given[k]}))]
+        keys = at_fault[:1] or list(given)
+        where = " with ".join(f"trainer.{k}={given[k]!r}" for k in keys) or "trainer"
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{where} is not allowed: Lightning refuses it: {message}")
+    if trainer.max_steps == -1 and trainer.max_epochs == -1:
+        raise _not_allowed("trainer.max_steps", -1, "with trainer.max_epochs=-1 the run has no known length, which"
+                           " the learning-rate schedule (and the teacher's β schedule and ramp-ups) are fractions of:"
+                           " set trainer.max_steps or trainer.max_epochs")
+
+
+def _check_sweeper(cfg: DictConfig, metric: str) -> None:
+    """An Optuna search must optimize ``metric`` the way the checkpoint does: up, or down for a loss."""
+    if "hydra" in cfg:
+        sweeper = cfg.hydra.sweeper
+    elif HydraConfig.initialized():
+        sweeper = HydraConfig.get().sweeper
+    else:
+        return
+    direction = sweeper.get("direction")
+    if direction is None or not isinstance(direction, str):
+        return
+    wanted = "minimize" if metric.endswith("loss") else "maximize"
+    if str(direction).lower() != wanted:
+        raise _not_allowed("hydra.sweeper.direction", str(direction), f"metric={metric} is "
+                           f"{wanted[:-1]}ed (best checkpoint and sweeper must agree): use {wanted}")
+
+
+def _check_targets(cfg: DictConfig) -> None:
+    """Every ``callbacks.*`` and ``logger.*`` entry names an importable class (TensorBoard's with its package)."""
+    for group in ("callbacks", "logger"):
+        for name, spec in (cfg.get(group) or {}).items():
+            if spec is None:
+                continue
+            key = f"{group}.{name}._target_"
+            try:
+                target = get_class(spec["_target_"])
+            except Exception as err:  # a missing key or an unimportable class, as Hydra reports them
+                raise ConfigError(f"{key} is not allowed: {' '.join(str(err).split())}") from None
+            if issubclass(target, TensorBoardLogger) and not (find_spec("tensorboard") or find_spec("tensorboardX")):
+                raise ConfigError(f"logger.{name} needs TensorBoard: pip install tensorboard (or logger=csv)")
+
+
+def check(cfg: DictConfig) -> Checked:
+    """Validate everything that can be checked before training, writing nothing.
+
+    The hyperparameters (their dataclasses' ranges), the seed and the optimizer's settings, the Trainer's values
+    (as Lightning would take them), the model's config, the tokenizer and the data (files, columns, labels,
+    splits), the monitored metric and, in a sweep, the sweeper's direction. Raises
+    :class:`~lightning_smart.config.ConfigError` (or an OmegaConf error for a missing ``???`` value) naming the key
+    or the file.
+    """
+    smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
+    teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
+    _check_run(cfg)
+    _check_trainer(cfg)
+    try:
+        AutoConfig.from_pretrained(cfg.model.name_or_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r} could not be loaded: {err}") from None
+    _check_targets(cfg)
+    metric = _metric(cfg, teacher)
+    _check_sweeper(cfg, metric)
+    try:
+        data: TextDataModule = instantiate(cfg.data, _convert_="all")
+    except InstantiationException as err:  # Hydra wraps the data module's own error, which names the key
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+    data.load()
+    _ = data.tokenizer
+    return Checked(smart, teacher, data, metric)
+
+
+def _key(cfg: DictConfig) -> str:
+    """The config less Hydra's own node: what the task function receives of what the callback checked."""
+    return OmegaConf.to_yaml({k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"})
+
+
+_checked: dict[str, Checked] = {}
+
+
+def check_once(cfg: DictConfig) -> Checked:
+    """:func:`check`'s result for ``cfg``: the one :class:`CheckBeforeRun` made of this very config, else a new one."""
+    return _checked.pop(_key(cfg), None) or check(cfg)
+
+
+class CheckBeforeRun(HydraCallback):
+    """Hydra callback: :func:`check` the composed config before Hydra creates any output folder.
+
+    Hydra turns a callback's exceptions into warnings; ``SystemExit`` is no ``Exception``, so it ends the
+    command, with the error's message and exit status 1, before anything is written. A run's result is kept for
+    its task function (:func:`check_once`): the config is checked, and the data read, once.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _checked[_key(config)] = self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)  # the base config: each job checks its swept values again
+
+    @staticmethod
+    def _check(config: DictConfig) -> Checked:
+        try:
+            return check(config)
+        except (ConfigError, OmegaConfBaseException) as err:
+            raise SystemExit(f"Error in the config (nothing was written): {err}") from err
+
+
+def check_checkpoint(path: str, model: pl.LightningModule) -> None:
+    """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
+    key = f"ckpt_path={path!r}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: no such file (resume from a run's checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a file that is no checkpoint
+        raise ConfigError(f"{key} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"{key} is not a Lightning checkpoint: it has no 'state_dict'")
+    saved, ours = set(ckpt["state_dict"]), set(model.state_dict())
+    if saved != ours:
+        missing, unexpected = sorted(ours - saved)[:3], sorted(saved - ours)[:3]
+        raise ConfigError(f"{key} was saved from another model: missing {missing}, unexpected {unexpected}")
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(f"{key} holds weights only (checkpoint.save_weights_only=true): it cannot resume training")
+
+
+def refuse_relaunch_under_multirun(trainer: pl.Trainer, strategy: Any) -> None:
+    """Refuse a strategy that re-launches the command line per worker (``ddp``, ``fsdp``...) in a sweep.
+
+    Lightning's script launcher starts each worker with this process's ``sys.argv``: under ``--multirun`` that
+    is the whole sweep, so every worker would start the sweep again (a known Hydra + DDP pitfall). Spawned
+    workers (``ddp_spawn``) run the job's function instead.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} re-launches the command line in each worker, which "
+            "under --multirun would start the whole sweep again in every worker: use trainer.strategy=ddp_spawn "
+            "with --multirun (ddp is fine for single runs)"
+        )
