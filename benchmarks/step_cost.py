@@ -16,6 +16,10 @@ the teacher's EMA update. The settings take turns: each round fits every setting
 precision, after an untimed round that warms the process up and measures memory; the first step of every
 fit (AdamW's state, the first-step probe) is not timed either.
 
+**Passes** is the mean number of passes through the encoder in a timed step, counted by a forward hook on the
+model's base model, whoever calls it (the teacher's and the peer's forwards included): what the step does, where
+the seconds only say what it cost on a busy machine.
+
 **Memory** is the bytes of PyTorch tensors on the CPU at the step's peak, from ``torch.profiler``'s
 memory events on one untimed step per setting and precision: the tensors live before the profiled window
 (weights, teacher EMA) plus the highest running sum of allocations and frees in the measured step
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import re
 import statistics
 import time
 import warnings
@@ -184,7 +189,9 @@ class StepMeter(pl.Callback):
 
     profile: bool = False
     times: list[float] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)
     peak_bytes: int | None = None
+    counted: int = 0
     _start: float = 0.0
     _profiler: Any = None
     _marker: Any = None
@@ -199,6 +206,7 @@ class StepMeter(pl.Callback):
         elif self.profile and idx == 1:
             self._marker = record_function(MEASURED)
             self._marker.__enter__()
+        self.counted = 0
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -211,6 +219,7 @@ class StepMeter(pl.Callback):
             self._marker = self._profiler = None
         elif idx > 0 and not self.profile:
             self.times.append(elapsed)
+            self.passes.append(self.counted)
 
 
 def trainer_for(teacher: TeacherConfig | None, precision: str, steps: int, meter: pl.Callback | None) -> pl.Trainer:
@@ -225,7 +234,15 @@ def fit_steps(task: SequenceTask, teacher: TeacherConfig | None, precision: str,
     """Train ``task`` for ``steps`` optimizer steps under ``precision``; the meter holds what it measured."""
     meter = StepMeter(profile=measure_memory)
     loader = torch.utils.data.DataLoader(batches[:steps], batch_size=None)  # type: ignore[arg-type]
-    trainer_for(teacher, precision, steps, meter).fit(task, train_dataloaders=loader)
+
+    def count(*_: Any) -> None:
+        meter.counted += 1
+
+    hook = task.model.base_model.register_forward_pre_hook(count)  # each pass through the encoder, any caller's
+    try:
+        trainer_for(teacher, precision, steps, meter).fit(task, train_dataloaders=loader)
+    finally:
+        hook.remove()
     return meter
 
 
@@ -256,6 +273,7 @@ def main() -> None:
                         help="--layers 1 --rounds 1 --steps 1 --batch 8 --tokens 32: a smoke run")
     parser.add_argument("--batch", type=int, default=None, help="examples per batch (default 32)")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per example, padded (default 64)")
+    parser.add_argument("--only", default=None, metavar="REGEX", help="only the rows whose name matches (plain always)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--fp32-only", action="store_true", help="skip bf16-mixed")
     parser.add_argument("--profile", action="store_true",
@@ -283,8 +301,9 @@ def main() -> None:
         name: SequenceTask(str(model_dir), num_labels=2, smart=smart, model_overrides=overrides)
         for name, (smart, _) in configs.items()
     }
-    runs = [(name, p) for name, (_, allowed) in ROWS.items() for p in precisions if p in allowed]
-    if find_spec("smart_pytorch") is not None:
+    runs = [(name, p) for name, (_, allowed) in ROWS.items() for p in precisions if p in allowed
+            if args.only is None or name == PLAIN or re.search(args.only, name)]
+    if find_spec("smart_pytorch") is not None and (args.only is None or re.search(args.only, PEER)):
         tasks[PEER] = PeerStep(str(model_dir), num_labels=2, smart=SmartConfig(lambda_s=0.0), model_overrides=overrides)
         configs[PEER] = (tasks[PEER].smart, None)
         runs.append((PEER, FP32))
@@ -293,6 +312,7 @@ def main() -> None:
           f" ({LAZY} for the lazy row: the mean of one cycle is one sample)", flush=True)
 
     times: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
+    passes: dict[tuple[str, str], list[int]] = {run: [] for run in runs}
     peaks: dict[tuple[str, str], int] = {}
     for round_ in range(rounds + 1):  # round 0 measures memory and warms the process up; it is not timed
         for name, precision in runs:
@@ -300,13 +320,14 @@ def main() -> None:
             steps = 2 if round_ == 0 else (LAZY if lazy else timed) + 1
             meter = fit_steps(tasks[name], configs[name][1], precision, batches, steps,
                               measure_memory=round_ == 0 and not lazy)
-            if meter.times:
+            if meter.times and round_ > 0:  # round 0 warms up (and measures memory): never a sample
                 times[name, precision] += [statistics.fmean(meter.times)] if lazy else meter.times
+                passes[name, precision] += meter.passes
             if meter.peak_bytes is not None:
                 peaks[name, precision] = meter.peak_bytes
 
     header = (f"{'setting':<26} {'precision':<11} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
-              f" {'peak MiB':>9} {'× plain':>7}")
+              f" {'peak MiB':>9} {'× plain':>7} {'passes':>6}")
     print(header, "-" * len(header), sep="\n")
     for name, precision in runs:
         plain_time, plain_peak = statistics.median(times[PLAIN, precision]), peaks[PLAIN, precision]
@@ -315,7 +336,8 @@ def main() -> None:
         median = statistics.median(ts)
         memory = (f"{peaks[name, precision] / 2**20:9.1f} {peaks[name, precision] / plain_peak:7.2f}"
                   if (name, precision) in peaks else f"{'—':>9} {'—':>7}")
-        print(f"{name:<26} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f} {memory}")
+        print(f"{name:<26} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f} {memory}"
+              f" {statistics.fmean(passes[name, precision]):6.2f}")
     if args.profile:
         for name in (PLAIN, FULL):
             print(f"\ntorch.profiler, {name}, fp32, 2 steps:")
@@ -327,7 +349,8 @@ def main() -> None:
         return f"{statistics.median(times[name, precision]) / statistics.median(times[over or (PLAIN, precision)]):.3f}"
 
     print(f"smart_vs_plain_fp32={ratio(FULL, FP32)}")
-    print(f"smart_mem_vs_plain_fp32={peaks[FULL, FP32] / peaks[PLAIN, FP32]:.3f}")
+    memory = f"{peaks[FULL, FP32] / peaks[PLAIN, FP32]:.3f}" if (FULL, FP32) in peaks else "n/a"
+    print(f"smart_mem_vs_plain_fp32={memory}")
     print(f"smart_vs_plain_bf16={ratio(FULL, BF16)}")
     print(f"smart_relative_vs_plain_bf16={ratio(RELATIVE, BF16)}")
     print(f"smart_rs_vs_peer_fp32={ratio(NO_TEACHER, FP32, (PEER, FP32))}")
