@@ -15,9 +15,14 @@ ROOT = Path(__file__).parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
+# What an enclosing make (the suite run by `make test`) passes down: the dry runs must show this Makefile alone.
+OUTER_MAKE = ("PYTHON", "ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
+
+
 def _dry_run(*args: str) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS")}
-    shown = subprocess.run(["make", "-n", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k not in OUTER_MAKE}
+    shown = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env, capture_output=True,
+                           text=True, check=True)
     return [line.strip() for line in shown.stdout.splitlines()]
 
 
