@@ -66,13 +66,11 @@ def test_step_cost_quick_prints_every_row_and_the_five_ratios(minilm_path: str) 
         (n, "bf16-mixed") for n in bf16}
     assert ratios["smart_rs_vs_peer_fp32"] != "n/a" if peer else ratios["smart_rs_vs_peer_fp32"] == "n/a"
     assert float(ratios["smart_vs_plain_fp32"]) == pytest.approx(rows["SMART full (K=1)", "32-true"][0], abs=0.006)
-    # Memory (allocations, deterministic): the teacher holds an fp32 copy of the trainable weights; under bf16,
-    # auto runs the paper's passes exactly as the fp32 policy does.
+    # Memory: the teacher holds an fp32 copy of the trainable weights, on top of everything else.
     config = AutoConfig.from_pretrained(minilm_path, num_hidden_layers=1, num_labels=2)
     params = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(config).parameters())
     peak = {key: mib for key, (_, mib, _) in rows.items() if mib is not None}
     assert peak["SMART full (K=1)", "32-true"] - peak["SMART no teacher (K=1)", "32-true"] >= 4 * params / 2**20 - 0.1
-    assert peak["SMART full (K=1)", "bf16-mixed"] == peak["full, policy fp32", "bf16-mixed"]
 
 
 @pytest.mark.slow
