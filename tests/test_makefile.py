@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import venv
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
 # What an enclosing make (the suite run by `make test`) passes down: the dry runs must show this Makefile alone.
