@@ -23,7 +23,8 @@ thread each use both cores of a 2-core machine)::
 
 ``lr`` trains plain fine-tuning for ``--steps`` (300) at each of 2e-5, 5e-5 and 1e-4 with 3 seeds; ``report``
 then names the learning rate with the best median peak on validation and the step where that median curve
-peaks: the ``--lr`` and ``--steps`` every setting of ``study`` uses. A failed run is one whose final
+peaks: the ``--lr`` and ``--steps`` every setting of ``study`` uses (an lr-phase run at those is the study's
+plain run of its seed: same overrides, so the same key; ``study`` skips it, ``report`` pairs it). A failed run is one whose final
 validation accuracy is within 1 point of the majority class's rate (Pearson < 0.1 for regression).
 """
 
@@ -288,6 +289,11 @@ def report(rows: list[dict[str, Any]]) -> str:
         study = [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
         if not study:
             continue
+        # A plain run of the lr phase at the study's lr and steps is the study's plain run of that seed (same key).
+        seeds = {r["seed"] for r in study if r["setting"] == "plain"}
+        regime = study[0]["lr"], study[0]["steps"]
+        study = [r | {"setting": "plain"} for r in phase if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds]
+        study += [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
         splits = study[0]["splits"]
         lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
                   "| setting | n | failed | " + " | ".join(splits) + " | s per run |",

@@ -110,3 +110,15 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
     assert quality.failed({"val": {"acc": 0.505, "majority": 0.5}}) and not quality.failed(
         {"val": {"acc": 0.52, "majority": 0.5}})
     assert quality.failed({"val": {"pearson": 0.05}}) and quality.parse_seeds("0-2") == [0, 1, 2]
+
+    # The lr phase's plain run at the study's lr and steps is the study's plain run of its seed: paired with the
+    # study's settings, as the study itself skips it (same overrides, seed, lr and steps: the same key).
+    def row(setting: str, seed: int, lr: float, val: float) -> dict:
+        return {"task": "trec", "setting": setting, "seed": seed, "lr": lr, "steps": 100, "curve": [[100, val]],
+                "splits": ["val"], "val": {"acc": val, "bal": val, "majority": 0.2}, "train_s": 1.0, "eval_s": 1.0,
+                "threads": 1}
+    rows = [row("plain@lr", seed, lr, 0.8 + 0.01 * seed + lr) for seed in range(2) for lr in (2e-5, 5e-5)]
+    rows += [row("plain", 2, 5e-5, 0.9), *(row("paper", seed, 5e-5, 0.85) for seed in range(3))]
+    text = quality.report(rows)
+    assert "| plain | 3 | 0 | 81.0 (80.5–85.5) | 2 |" in text
+    assert "| paper | 3 | +1.3 [-5.0, +5.0] |" in text  # (85 − 80.005, 85 − 81.005, 85 − 90) / 3 = +1.33
