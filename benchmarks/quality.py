@@ -24,8 +24,8 @@ thread each use both cores of a 2-core machine)::
 ``lr`` trains plain fine-tuning for ``--steps`` (300) at each of 2e-5, 5e-5 and 1e-4 with 3 seeds; ``report``
 then names the learning rate with the best median peak on validation and the step where that median curve
 peaks: the ``--lr`` and ``--steps`` every setting of ``study`` uses (an lr-phase run at those is the study's
-plain run of its seed: same overrides, so the same key; ``study`` skips it, ``report`` pairs it). A failed run is one whose final
-validation accuracy is within 1 point of the majority class's rate (Pearson < 0.1 for regression).
+plain run of its seed: same overrides, so the same key; ``study`` skips it, ``report`` pairs it). A failed run is
+one whose final validation accuracy is within 1 point of the majority class's rate (Pearson < 0.1 for regression).
 """
 
 from __future__ import annotations
