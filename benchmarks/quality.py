@@ -298,7 +298,7 @@ def report(rows: list[dict[str, Any]]) -> str:
         lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
                   "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
                   "|---" * (len(splits) + 4) + "|"]
-        settings = list(dict.fromkeys(r["setting"] for r in study))
+        settings = sorted(dict.fromkeys(r["setting"] for r in study), key=lambda name: name != "plain")  # plain first
         for setting in settings:
             mine = [r for r in study if r["setting"] == setting]
             cells = []
