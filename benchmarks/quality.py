@@ -292,8 +292,8 @@ def report(rows: list[dict[str, Any]]) -> str:
         # A plain run of the lr phase at the study's lr and steps is the study's plain run of that seed (same key).
         seeds = {r["seed"] for r in study if r["setting"] == "plain"}
         regime = study[0]["lr"], study[0]["steps"]
-        study = [r | {"setting": "plain"} for r in phase if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds]
-        study += [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
+        study = [r | {"setting": "plain"} for r in phase if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds
+                 ] + study
         splits = study[0]["splits"]
         lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
                   "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
