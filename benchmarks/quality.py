@@ -13,11 +13,13 @@ movie snippets'), or Pearson and Spearman for regression, and robust accuracy un
 attack (:func:`lightning_smart.attack.robust_accuracy`, ℓ∞, radius 0.02 of each token's RMS, 5 steps).
 
 Three commands, each resumable (runs are appended to ``<out>/runs.jsonl`` as they finish; a run already there
-with the same overrides is skipped), and shardable (``--shard i/n`` takes every n-th run: two processes of one
-thread each use both cores of a 2-core machine)::
+with the same overrides is skipped). Processes share a plan: each takes the next run that is neither done nor
+claimed by a live process (a file in ``<out>/claims``), so two processes of one thread each keep both cores of a
+2-core machine busy to the end, and a run whose process died is free again; ``--shard i/n`` (every n-th run)
+splits a plan between machines::
 
-    python benchmarks/quality.py lr --task movies --threads 1 --shard 0/2   # plain at 3 learning rates × 3 seeds
-    python benchmarks/quality.py study --task movies --lr 5e-5 --steps 200 --threads 1 --shard 0/2
+    python benchmarks/quality.py lr --task movies --threads 1               # plain at 3 learning rates × 3 seeds
+    python benchmarks/quality.py study --task movies --lr 5e-5 --steps 200 --threads 1   # twice, side by side
     python benchmarks/quality.py report                                     # the tables of RESULTS.md
     python benchmarks/quality.py study --quick --out /tmp/q                 # a smoke run: 2 settings, 4 steps
 
@@ -35,6 +37,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import random
 import shlex
 import statistics
@@ -206,21 +209,63 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def stored(out: Path) -> list[dict[str, Any]]:
+    """The runs of ``<out>/runs.jsonl``, each key once (the first: a run two processes both finished counts once)."""
     path = out / "runs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(row["key"], row)
+    return list(rows.values())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def claim(out: Path, key: str) -> bool:
+    """Take run ``key`` for this process; False while another live process holds it. A dead holder's claim is void."""
+    path = out / "claims" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        holder = path.read_text()
+        if not holder or alive(int(holder)):  # empty: its holder is writing its pid this instant
+            return False
+        path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as handle:
+        handle.write(str(os.getpid()))
+    return True
 
 
 def execute(plan: list[Run], bench: Bench, out: Path, shard: tuple[int, int]) -> None:
-    """Run this shard's part of ``plan`` that ``runs.jsonl`` does not hold yet, appending each as it ends."""
+    """Run this shard's part of ``plan`` that no process has done or is doing, appending each run as it ends."""
     out.mkdir(parents=True, exist_ok=True)
-    done = {r["key"] for r in stored(out)}
     mine = [run for i, run in enumerate(plan) if i % shard[1] == shard[0]]
+    done = {r["key"] for r in stored(out)}
     todo = [run for run in mine if run.key(bench) not in done]
     print(f"{len(plan)} runs planned, {len(mine)} in shard {shard[0]}/{shard[1]}, {len(todo)} to do", flush=True)
     for number, run in enumerate(todo, 1):
-        row = train_one(run, bench) | {"key": run.key(bench), "bench": asdict(bench)}
-        with (out / "runs.jsonl").open("a") as handle:  # one write of one line: shards can append side by side
-            handle.write(json.dumps(row) + "\n")
+        key = run.key(bench)
+        if not claim(out, key):
+            continue
+        try:
+            if key in {r["key"] for r in stored(out)}:  # done by another process since this one started
+                continue
+            row = train_one(run, bench) | {"key": key, "bench": asdict(bench)}
+            with (out / "runs.jsonl").open("a") as handle:  # one write of one line: processes append side by side
+                handle.write(json.dumps(row) + "\n")
+        finally:
+            (out / "claims" / key).unlink(missing_ok=True)
         main = row["val"].get("acc", row["val"].get("pearson"))
         print(f"[{number}/{len(todo)}] {run.task} {run.setting} seed {run.seed} lr {run.lr:g}: val {main:.4f}"
               f" ({row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation)", flush=True)

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -76,24 +77,30 @@ def test_step_cost_quick_prints_every_row_and_the_five_ratios(minilm_path: str) 
 @pytest.mark.slow
 def test_quality_quick_runs_composed_settings_and_resumes(tmp_path: Path) -> None:
     args = ("study", "--quick", "--out", str(tmp_path), "--lr", "1e-4", "--steps", "4", "--threads", "1")
-    out = run_script("quality.py", *args, "--settings", "plain,paper_stab", "--setting",
-                     "lazy2:smart=paper teacher=paper smart.every_n_steps=2", timeout=900)
+    plan = (*args, "--settings", "plain,paper_stab", "--setting",
+            "lazy2:smart=paper teacher=paper smart.every_n_steps=2")
+    with ThreadPoolExecutor(2) as pool:  # two processes share the plan: each run is done once, by one of them
+        list(pool.map(lambda _: run_script("quality.py", *plan, timeout=900), range(2)))
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
-    assert [(r["setting"], r["seed"]) for r in runs] == [("plain", 0), ("paper_stab", 0), ("lazy2", 0)]
+    assert sorted((r["setting"], r["seed"]) for r in runs) == [("lazy2", 0), ("paper_stab", 0), ("plain", 0)]
+    by_setting = {r["setting"]: r for r in runs}
+    assert not list((tmp_path / "claims").iterdir())  # every claim released
     for row in runs:
         assert row["steps_done"] == 4 and row["splits"] == ["val", "movies", "tweets", "amazon", "nyt", "robust"]
         assert [step for step, _ in row["curve"]] == [2, 4]
         assert row["robust"]["acc"] <= row["robust"]["clean"] and row["robust"]["n"] > 0
         for split in ("val", "movies", "tweets"):
             assert set(row[split]) == {"acc", "bal", "majority"}
-    assert runs[0]["probe"] == {} and set(runs[1]["probe"]) == {"probe_perturbation_kl", "probe_dropout_kl"}
+    stabilized = by_setting["paper_stab"]
+    assert by_setting["plain"]["probe"] == {}
+    assert set(stabilized["probe"]) == {"probe_perturbation_kl", "probe_dropout_kl"}
     # The stabilized paper setting composed the package's presets and its options: the ramp shows in the weights.
-    assert "smart.rampup=0.25" in runs[1]["overrides"] and "teacher=paper" in runs[1]["overrides"]
-    assert re.search(r"^\| plain \| 1 \| \d \| ", out, re.MULTILINE)
-    assert re.search(r"^\| lazy2 \| 1 \| [+-]\d", out, re.MULTILINE)  # the paired difference row
+    assert "smart.rampup=0.25" in stabilized["overrides"] and "teacher=paper" in stabilized["overrides"]
 
     again = run_script("quality.py", *args, "--settings", "plain,paper_stab", timeout=600)
     assert "2 runs planned, 2 in shard 0/1, 0 to do" in again
+    assert re.search(r"^\| plain \| 1 \| \d \| ", again, re.MULTILINE)
+    assert re.search(r"^\| lazy2 \| 1 \| [+-]\d", again, re.MULTILINE)  # the paired difference row
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
 
 
@@ -124,3 +131,15 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
     alone = quality.report(rows[4:])  # no lr phase: plain's one run was the last to finish; its row still comes first
     assert "| plain | 1 | 0 | 90.0 (90.0–90.0) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in alone
     assert "| paper | 3 | +1.3 [-5.0, +5.0] |" in text  # (85 − 80.005, 85 − 81.005, 85 − 90) / 3 = +1.33
+
+
+def test_quality_claims_a_run_for_one_live_process_and_counts_a_run_once(tmp_path: Path) -> None:
+    quality = load_quality()
+    assert quality.claim(tmp_path, "abc") and not quality.claim(tmp_path, "abc")  # held by this live process
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "claims" / "abc").write_text(dead.stdout.strip())
+    assert quality.claim(tmp_path, "abc")  # its holder died: the run is free again, and now this process's
+    assert (tmp_path / "claims" / "abc").read_text() == str(os.getpid())
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps({"key": k, "n": n}) + "\n"
+                                                 for n, k in enumerate("abab")) + "\n")
+    assert quality.stored(tmp_path) == [{"key": "a", "n": 0}, {"key": "b", "n": 1}]
