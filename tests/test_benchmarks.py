@@ -126,10 +126,13 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
                 "threads": 1}
     rows = [row("plain@lr", seed, lr, 0.8 + 0.01 * seed + lr) for seed in range(2) for lr in (2e-5, 5e-5)]
     rows += [*(row("paper", seed, 5e-5, 0.85) for seed in range(3)), row("plain", 2, 5e-5, 0.9)]
+    lazy = quality.report([*rows, *(row("teacher", seed, 5e-5, 0.86 - 0.1 * seed) for seed in range(3))])
+    assert "best median validation score of teacher, paper: paper." in lazy  # teacher's median 76 < paper's 85
     text = quality.report(rows)
     assert "| plain | 3 | 0 | 81.0 (80.5–85.5) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in text
     alone = quality.report(rows[4:])  # no lr phase: plain's one run was the last to finish; its row still comes first
     assert "| plain | 1 | 0 | 90.0 (90.0–90.0) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in alone
+    assert "Lazy k = 4 is run on the best median validation score of paper: paper." in text
     assert "| paper | 3 | +1.3 [-5.0, +5.0] |" in text  # (85 − 80.005, 85 − 81.005, 85 − 90) / 3 = +1.33
 
 
