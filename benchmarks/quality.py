@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> None:
             name, _, overrides = text.partition(":")
             settings[name] = overrides
             args.settings += f",{name}"
-        names = [n for n in args.settings.split(",") if n]
+        names = list(dict.fromkeys(n for n in args.settings.split(",") if n))  # --settings lazy4 --setting lazy4:…
         unknown = [n for n in names if n not in settings]
         if unknown:
             raise SystemExit(f"--settings: unknown {unknown}; known: {', '.join(settings)}")
