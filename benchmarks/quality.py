@@ -26,7 +26,10 @@ splits a plan between machines::
 ``lr`` trains plain fine-tuning for ``--steps`` (300) at each of 2e-5, 5e-5 and 1e-4 with 3 seeds; ``report``
 then names the learning rate with the best median peak on validation and the step where that median curve
 peaks: the ``--lr`` and ``--steps`` every setting of ``study`` uses (an lr-phase run at those is the study's
-plain run of its seed: same overrides, so the same key; ``study`` skips it, ``report`` pairs it). A failed run is
+plain run of its seed: same overrides, so the same key; ``study`` skips it, ``report`` pairs it). ``report``
+tables each learning rate and step count apart and flags a study whose plain runs still improve at their last
+validation: shortening the schedule to the peak step moves the peak when the learning rate decays to zero over it
+(TREC at 2e-5 peaked at 250 of 300 steps, yet still rose at step 250 of 250; its study runs 300). A failed run is
 one whose final validation accuracy is within 1 point of the majority class's rate (Pearson < 0.1 for regression).
 """
 
@@ -320,6 +323,55 @@ def lr_choice(rows: list[dict[str, Any]]) -> tuple[float, int, dict[float, list[
     return best, step, curves
 
 
+def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
+    """One task's study at one learning rate and step count: medians, failures, cost, paired differences."""
+    lines: list[str] = []
+    splits = study[0]["splits"]
+    lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
+              "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
+              "|---" * (len(splits) + 4) + "|"]
+    settings = sorted(dict.fromkeys(r["setting"] for r in study), key=lambda name: name != "plain")  # plain first
+    for setting in settings:
+        mine = [r for r in study if r["setting"] == setting]
+        cells = []
+        for split in splits:
+            m, q1, q3 = quartiles([100 * headline(r, split) for r in mine])  # type: ignore[operator]
+            cells.append(f"{m:.1f} ({q1:.1f}–{q3:.1f})")
+        seconds = statistics.median(r["train_s"] + r["eval_s"] for r in mine)
+        lines.append(f"| {setting} | {len(mine)} | {sum(map(failed, mine))} | " + " | ".join(cells)
+                     + f" | {seconds:.0f} |")
+    medians: dict[str, float] = {
+        name: statistics.median(r["val"].get("acc", r["val"].get("pearson")) for r in study if r["setting"] == name)
+        for name in LAZY_OF if name in settings}
+    if medians:
+        lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
+                  f"{max(medians, key=medians.__getitem__)}."]
+    curves = [dict(r["curve"]) for r in study if r["setting"] == "plain"]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    median = [statistics.median(c[step] for c in curves) for step in steps]
+    if len(median) > 1 and median[-1] > max(median[:-1]):
+        lines += ["", f"**Plain has not peaked**: its median validation curve still rises at its last step "
+                  f"({100 * median[-2]:.1f} at step {steps[-2]}, {100 * median[-1]:.1f} at {steps[-1]}); these steps "
+                  "favour whatever speeds training up."]
+    plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
+    lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", "",
+              "| setting | seeds | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
+    for setting in settings:
+        if setting == "plain":
+            continue
+        mine = [r for r in study if r["setting"] == setting and r["seed"] in plain]
+        if not mine:
+            continue
+        cells = []
+        for split in splits:
+            diffs = [100 * (headline(r, split) - headline(plain[r["seed"]], split)) for r in mine]  # type: ignore[operator]
+            mean, low, high = bootstrap(diffs)
+            cells.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
+        lines.append(f"| {setting} | {len(mine)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: the learning-rate phase, then per task and setting the medians, paired gains and cost."""
     lines: list[str] = []
@@ -334,49 +386,12 @@ def report(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {rate:g} | {points} | {100 * max(v for _, v in curve):.1f} |")
             lines += ["", f"chosen: lr {lr:g}, {step} steps", ""]
         study = [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
-        if not study:
-            continue
-        # A plain run of the lr phase at the study's lr and steps is the study's plain run of that seed (same key).
-        seeds = {r["seed"] for r in study if r["setting"] == "plain"}
-        regime = study[0]["lr"], study[0]["steps"]
-        study = [r | {"setting": "plain"} for r in phase if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds
-                 ] + study
-        splits = study[0]["splits"]
-        lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
-                  "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
-                  "|---" * (len(splits) + 4) + "|"]
-        settings = sorted(dict.fromkeys(r["setting"] for r in study), key=lambda name: name != "plain")  # plain first
-        for setting in settings:
-            mine = [r for r in study if r["setting"] == setting]
-            cells = []
-            for split in splits:
-                m, q1, q3 = quartiles([100 * headline(r, split) for r in mine])  # type: ignore[operator]
-                cells.append(f"{m:.1f} ({q1:.1f}–{q3:.1f})")
-            seconds = statistics.median(r["train_s"] + r["eval_s"] for r in mine)
-            lines.append(f"| {setting} | {len(mine)} | {sum(map(failed, mine))} | " + " | ".join(cells)
-                         + f" | {seconds:.0f} |")
-        medians: dict[str, float] = {
-            name: statistics.median(r["val"].get("acc", r["val"].get("pearson")) for r in study if r["setting"] == name)
-            for name in LAZY_OF if name in settings}
-        if medians:
-            lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
-                      f"{max(medians, key=medians.__getitem__)}."]
-        plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
-        lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", "",
-                  "| setting | seeds | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
-        for setting in settings:
-            if setting == "plain":
-                continue
-            mine = [r for r in study if r["setting"] == setting and r["seed"] in plain]
-            if not mine:
-                continue
-            cells = []
-            for split in splits:
-                diffs = [100 * (headline(r, split) - headline(plain[r["seed"]], split)) for r in mine]  # type: ignore[operator]
-                mean, low, high = bootstrap(diffs)
-                cells.append(f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]")
-            lines.append(f"| {setting} | {len(mine)} | " + " | ".join(cells) + " |")
-        lines.append("")
+        for regime in dict.fromkeys((r["lr"], r["steps"]) for r in study):
+            mine = [r for r in study if (r["lr"], r["steps"]) == regime]
+            # A plain run of the lr phase at this lr and these steps is the study's plain run of its seed (same key).
+            seeds = {r["seed"] for r in mine if r["setting"] == "plain"}
+            lines += study_tables(task, [r | {"setting": "plain"} for r in phase
+                                         if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds] + mine)
     total = sum(r["train_s"] + r["eval_s"] for r in rows)
     lines.append(f"{len(rows)} runs, {total / 3600:.2f} h of compute (each run on {rows[0]['threads']} thread(s)).")
     return "\n".join(lines)

@@ -134,6 +134,11 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
     assert "| plain | 1 | 0 | 90.0 (90.0–90.0) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in alone
     assert "Lazy k = 4 is run on the best median validation score of paper: paper." in text
     assert "| paper | 3 | +1.3 [-5.0, +5.0] |" in text  # (85 − 80.005, 85 − 81.005, 85 − 90) / 3 = +1.33
+    # Each lr and step count is its own study; one whose plain runs still improve at their last step says so.
+    rising = [row("plain", seed, 5e-5, 0.8) | {"steps": 200, "curve": [[100, 0.7], [200, 0.8]]} for seed in range(2)]
+    both = quality.report(rows + rising)
+    assert "### trec: 100 steps at lr 5e-05" in both and "### trec: 200 steps at lr 5e-05" in both
+    assert both.count("Plain has not peaked") == 1 and "(70.0 at step 100, 80.0 at 200)" in both
 
 
 def test_quality_claims_a_run_for_one_live_process_and_counts_a_run_once(tmp_path: Path) -> None:
