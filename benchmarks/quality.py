@@ -311,13 +311,16 @@ def failed(row: dict[str, Any]) -> bool:
     return val["pearson"] < 0.1 if "pearson" in val else val["acc"] <= val["majority"] + 0.01
 
 
+def median_curve(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """The median over runs of the validation curve, at the steps every run validated at."""
+    curves = [dict(r["curve"]) for r in rows]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return [(step, statistics.median(c[step] for c in curves)) for step in steps]
+
+
 def lr_choice(rows: list[dict[str, Any]]) -> tuple[float, int, dict[float, list[tuple[int, float]]]]:
     """The learning rate with the best median peak on validation, and the step where its median curve peaks."""
-    curves: dict[float, list[tuple[int, float]]] = {}
-    for lr in sorted({r["lr"] for r in rows}):
-        mine = [dict(r["curve"]) for r in rows if r["lr"] == lr]
-        steps = sorted(set.intersection(*(set(c) for c in mine)))
-        curves[lr] = [(s, statistics.median(c[s] for c in mine)) for s in steps]
+    curves = {lr: median_curve([r for r in rows if r["lr"] == lr]) for lr in sorted({r["lr"] for r in rows})}
     best = max(curves, key=lambda lr: max(v for _, v in curves[lr]))
     step = max(curves[best], key=lambda point: point[1])[0]
     return best, step, curves
@@ -346,12 +349,11 @@ def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
     if medians:
         lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
                   f"{max(medians, key=medians.__getitem__)}."]
-    curves = [dict(r["curve"]) for r in study if r["setting"] == "plain"]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    median = [statistics.median(c[step] for c in curves) for step in steps]
-    if len(median) > 1 and median[-1] > max(median[:-1]):
+    curve = median_curve([r for r in study if r["setting"] == "plain"])
+    if len(curve) > 1 and curve[-1][1] > max(v for _, v in curve[:-1]):
+        (before, low), (last, high) = curve[-2:]
         lines += ["", f"**Plain has not peaked**: its median validation curve still rises at its last step "
-                  f"({100 * median[-2]:.1f} at step {steps[-2]}, {100 * median[-1]:.1f} at {steps[-1]}); these steps "
+                  f"({100 * low:.1f} at step {before}, {100 * high:.1f} at {last}); these steps "
                   "favour whatever speeds training up."]
     plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
     lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", "",
