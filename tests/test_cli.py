@@ -103,7 +103,7 @@ def test_preset_values() -> None:
         assert cfg.smart.lambda_s == 0 and cfg.teacher is None
     with app_config(["smart=mtdnn"]) as cfg:
         assert cfg.smart.rule == "mtdnn"
-    with app_config(["smart=relative_shared", "teacher=half_life"]) as cfg:  # benchmarks/RESULTS.md's best setting
+    with app_config(["smart=relative_shared", "teacher=half_life"]) as cfg:  # the README's remedy for the paper's ε
         smart, teacher = cfg.smart, cfg.teacher
         assert (smart.lambda_s, smart.epsilon, smart.sigma, smart.eta, smart.ascent_steps) == (1.0, 0.01, 0.01, 1.0, 1)
         assert smart.epsilon_scale == "relative" and smart.shared_dropout
