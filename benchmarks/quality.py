@@ -271,8 +271,8 @@ def execute(plan: list[Run], bench: Bench, out: Path, shard: tuple[int, int]) ->
                 handle.write(json.dumps(row) + "\n")
         finally:
             (out / "claims" / key).unlink(missing_ok=True)
-        main = row["val"].get("acc", row["val"].get("pearson"))
-        print(f"[{number}/{len(todo)}] {run.task} {run.setting} seed {run.seed} lr {run.lr:g}: val {main:.4f}"
+        print(f"[{number}/{len(todo)}] {run.task} {run.setting} seed {run.seed} lr {run.lr:g}: "
+              f"val {headline(row, 'val'):.4f}"
               f" ({row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation)", flush=True)
 
 
@@ -344,7 +344,7 @@ def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {setting} | {len(mine)} | {sum(map(failed, mine))} | " + " | ".join(cells)
                      + f" | {seconds:.0f} |")
     medians: dict[str, float] = {
-        name: statistics.median(r["val"].get("acc", r["val"].get("pearson")) for r in study if r["setting"] == name)
+        name: statistics.median(headline(r, "val") for r in study if r["setting"] == name)  # type: ignore[misc,type-var]
         for name in LAZY_OF if name in settings}
     if medians:
         lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
