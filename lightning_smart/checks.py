@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
@@ -228,14 +230,32 @@ class CheckBeforeRun(HydraCallback):
             raise SystemExit(f"Error in the config (nothing was written): {err}") from err
 
 
+def _refused(err: pickle.UnpicklingError) -> tuple[str | None, str]:
+    """From torch's ``weights_only`` error: the global (class or function) it refused to load, if that was the
+    cause, and the line that says what it refused (the rest is torch's general advice)."""
+    text = str(err).split("Check the documentation")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    return (found[1] if found else None), (lines[-1].rstrip(".") if lines else type(err).__name__)
+
+
 def check_checkpoint(path: str, model: pl.LightningModule) -> None:
     """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
     key = f"ckpt_path={path!r}"
     if not Path(path).is_file():
         raise ConfigError(f"{key}: no such file (resume from a run's checkpoints/last.ckpt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a file that is no checkpoint
+        # weights_only: tensors and plain containers only, as Lightning's own resume reads it. A file that pickles
+        # anything else (a class, a function to call) is refused here, before that code can run.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        call, refused = _refused(err)
+        if call is not None:  # a class or function to call: the way a crafted pickle runs code
+            raise ConfigError(f"{key} is refused: it holds a pickled call to {call}, which loading would run as"
+                              " code; only tensors and plain values are read from a checkpoint (smart-train's own"
+                              " resume)") from None
+        raise ConfigError(f"{key} is not a readable checkpoint: UnpicklingError: {refused}") from None
+    except Exception as err:  # torch raises zip and runtime errors alike for a file that is no checkpoint
         raise ConfigError(f"{key} is not a readable checkpoint: {type(err).__name__}: {err}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise ConfigError(f"{key} is not a Lightning checkpoint: it has no 'state_dict'")

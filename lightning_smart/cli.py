@@ -118,7 +118,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     out = Path(output_dir)
     run = run or build(cfg, out)
     checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
-    trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path)
+    trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path, weights_only=True)
     # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
     # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
     # Read before validate/test reset the metrics; the counter is logged only when λs > 0.

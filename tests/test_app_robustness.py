@@ -150,6 +150,32 @@ def test_an_unreadable_or_foreign_checkpoint_is_named_and_the_run_writes_no_summ
     assert not (tmp_path / "run").exists()
 
 
+class _CreatesFile:
+    """Unpickled, it opens ``path`` for writing: what a crafted checkpoint's payload would run instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.path), "w")
+
+
+def test_a_crafted_checkpoint_is_refused_before_its_code_runs(tmp_path: Path) -> None:
+    """A ``ckpt_path`` whose unpickling would run code: one line naming the setting, no run, the code never ran."""
+    marker, crafted = tmp_path / "created-by-the-checkpoint", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": pl.__version__, "hook": _CreatesFile(marker)}, crafted)
+    run_dir = tmp_path / "run"
+    result = smart_train([*TINY, f"ckpt_path={crafted}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    refused = [line for line in result.stderr.splitlines() if "is refused" in line]
+    assert len(refused) == 1 and f"ckpt_path={str(crafted)!r} is refused" in refused[0], result.stderr[-2000:]
+    assert "open" in refused[0].split("pickled call to ")[1]  # names what it would have called
+    assert not marker.exists() and not run_dir.exists()
+    # The payload is live: trusting the file (weights_only=False) runs it.
+    torch.load(crafted, weights_only=False)
+    assert marker.exists()
+
+
 def test_a_missing_checkpoint_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "none.ckpt"
     with app_config([*TINY, f"ckpt_path={missing}"]) as cfg, pytest.raises(ConfigError) as raised:
