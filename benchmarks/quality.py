@@ -46,7 +46,7 @@ import shlex
 import statistics
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
-from lightning_smart.attack import robust_accuracy
+from lightning_smart.attack import robust_accuracy, robust_accuracy_by_radius
 from lightning_smart.schema import register_configs
 from lightning_smart.tasks import SequenceTask
 
@@ -79,6 +79,27 @@ SETTINGS = {
 LAZY_OF = ("rdrop", "teacher", "paper", "paper_stab")
 """Issue 10's "lazy k = 4 of the best of those": the best of these on validation (median over seeds; ties: first)."""
 
+# -- issue 19: the adversarial term on its own, at radii where it acts --------------------------------------
+REGIMES = {"movies": (5e-5, 200), "trec": (2e-5, 400)}
+"""Issue 19's lr and optimizer steps per task: the study's, where plain fine-tuning's validation curve peaks."""
+PROBE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+"""Relative radii (× each token's RMS) the probe measures; ε_act and ε_strong are read off them."""
+ACT_RATIO, STRONG_RATIO = 1.0, 10.0
+"""ε_act: the smallest grid radius whose perturbation moves the output at least as much as dropout does (ratio of
+the two ℓs ≥ 1); ε_strong: the smallest with ratio ≥ 10 (fixed before the probe ran)."""
+ATTACK_RADII = tuple(sorted({0.02, *PROBE_GRID, *(round(3 * e, 6) for e in PROBE_GRID)}))
+"""Every run of issue 19 is attacked at each of these (× token RMS): 0.02 (the earlier study's radius), every grid
+radius and three times each, so ε_act, ε_strong and 3·ε_strong are in it whatever the probe finds."""
+ADVERSARIAL = {
+    "plain": SETTINGS["plain"],
+    "teacher": SETTINGS["teacher"],
+    "act": "smart=relative_shared teacher=off smart.epsilon={act}",
+    "strong": "smart=relative_shared teacher=off smart.epsilon={strong}",
+    "mtdnn": "smart=mtdnn teacher=off",
+    "mtdnn_teacher": "smart=mtdnn teacher=paper",
+}
+"""Issue 19's settings; ``{act}``/``{strong}`` are the task's ε_act/ε_strong from its stored probe."""
+
 
 @dataclass(frozen=True)
 class Bench:
@@ -94,10 +115,14 @@ class Bench:
     attack_batches: int = 4
     attack_epsilon: float = 0.02
     attack_steps: int = 5
+    attack_radii: tuple[float, ...] = ()
+    """Radii of the multi-radius attack (issue 19); empty: the single radius ``attack_epsilon`` alone."""
 
 
 QUICK = Bench(model="minilm_l2", train_size=32, batch_size=8, val_every=2, val_size=32, test_size=32, ood_size=32,
               attack_batches=1, attack_steps=2)
+ADVERSARIAL_BENCH = Bench(attack_radii=ATTACK_RADII)
+QUICK_ADVERSARIAL = replace(QUICK, attack_radii=(0.01, 0.1, 1.0))
 
 
 @dataclass(frozen=True)
@@ -112,7 +137,10 @@ class Run:
     steps: int
 
     def key(self, bench: Bench) -> str:
-        payload = json.dumps([self.task, self.overrides, self.seed, self.lr, self.steps, asdict(bench)])
+        fields = asdict(bench)
+        if not fields["attack_radii"]:  # the benches before issue 19 had no such field: their keys stay
+            del fields["attack_radii"]
+        payload = json.dumps([self.task, self.overrides, self.seed, self.lr, self.steps, fields])
         return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
@@ -162,8 +190,9 @@ def evaluate(task: SequenceTask, loader: Any) -> dict[str, float]:
     return {"acc": float((preds == y).float().mean()), "bal": sum(recalls) / len(recalls), "majority": majority}
 
 
-def train_one(run: Run, bench: Bench) -> dict[str, Any]:
-    """Compose, train and evaluate one run: one line of ``runs.jsonl``."""
+def train_one(run: Run, bench: Bench, weights: Path | None = None) -> dict[str, Any]:
+    """Compose, train and evaluate one run: one line of ``runs.jsonl``; its final weights saved in ``weights``
+    (a ``save_pretrained`` folder), so that a later metric needs no rerun."""
     cfg = compose_run(run, bench)
     smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
     teacher = None if cfg.teacher is None else TeacherConfig(**OmegaConf.to_container(cfg.teacher))  # type: ignore[arg-type]
@@ -197,6 +226,13 @@ def train_one(run: Run, bench: Bench) -> dict[str, Any]:
         scores = robust_accuracy(task, task.smart_perturbation_site(), task.smart_forward, batches,
                                  epsilon=bench.attack_epsilon, steps=bench.attack_steps, relative=True)
         row["robust"] = {"acc": scores["robust_acc"], "clean": scores["clean_acc"], "n": scores["n"]}
+        if bench.attack_radii:
+            grid = robust_accuracy_by_radius(task, task.smart_perturbation_site(), task.smart_forward, batches,
+                                             bench.attack_radii, steps=bench.attack_steps, relative=True)
+            row["robust_radii"] = {"radii": grid["radii"], "acc": grid["robust_acc"], "clean": grid["clean_acc"],
+                                   "n": grid["n"]}
+    if weights is not None:
+        task.model.save_pretrained(weights)
     row |= {"train_s": round(train_s, 1), "eval_s": round(time.perf_counter() - start, 1),
             "threads": torch.get_num_threads()}
     return row
@@ -266,7 +302,7 @@ def execute(plan: list[Run], bench: Bench, out: Path, shard: tuple[int, int]) ->
         try:
             if key in {r["key"] for r in stored(out)}:  # done by another process since this one started
                 continue
-            row = train_one(run, bench) | {"key": key, "bench": asdict(bench)}
+            row = train_one(run, bench, out / "weights" / key) | {"key": key, "bench": asdict(bench)}
             with (out / "runs.jsonl").open("a") as handle:  # one write of one line: processes append side by side
                 handle.write(json.dumps(row) + "\n")
         finally:
@@ -274,6 +310,82 @@ def execute(plan: list[Run], bench: Bench, out: Path, shard: tuple[int, int]) ->
         print(f"[{number}/{len(todo)}] {run.task} {run.setting} seed {run.seed} lr {run.lr:g}: "
               f"val {headline(row, 'val'):.4f}"
               f" ({row['train_s']:.0f} s training, {row['eval_s']:.0f} s evaluation)", flush=True)
+
+
+# -- issue 19: the probe at trained weights, and the settings it fixes -----------------------------------
+
+
+def probe_settings() -> dict[str, str]:
+    """The perturbations the probe measures: the paper's ε, each relative grid radius (as ``act``/``strong`` would
+    train with it: ``smart=relative_shared``) and the authors' public rule."""
+    relative = {f"relative {e:g}": f"smart=relative_shared teacher=off smart.epsilon={e:g}" for e in PROBE_GRID}
+    return {"paper ε": "smart=paper teacher=off", **relative, "mtdnn": "smart=mtdnn teacher=off"}
+
+
+def probe(task_name: str, weights: Path, bench: Bench, batches: int = 4, batch_size: int = 32) -> list[dict[str, Any]]:
+    """At the weights in ``weights``, per setting: ℓs of the perturbation and of dropout, and their ratio.
+
+    Both ℓs come from :meth:`~lightning_smart.SmartLightningModule.smart_probe` (one ascent step, the perturbed
+    forward on the clean forward's dropout masks; dropout's ℓs between two clean forwards), in train mode, averaged
+    over the first ``batches`` training batches of ``batch_size`` (the same batches and dropout masks for every
+    setting); the ratio is that of the two means.
+    """
+    lr, steps = REGIMES[task_name]
+    rows = []
+    task: SequenceTask | None = None
+    for name, overrides in probe_settings().items():
+        cfg = compose_run(Run(task_name, name, overrides, 0, lr, steps), replace(bench, batch_size=batch_size))
+        smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
+        if task is None:
+            pl.seed_everything(0, verbose=False)
+            data = instantiate(cfg.data, _convert_="all")
+            data.setup("fit")
+            loader = list(itertools.islice(data.train_dataloader(), batches))
+            task = SequenceTask(str(weights), num_labels=cfg.data.num_labels, smart=smart,
+                                model_overrides=OmegaConf.to_container(cfg.model.config))  # type: ignore[arg-type]
+        task.smart = smart
+        task.train()
+        measured = []
+        for index, batch in enumerate(loader):
+            with torch.random.fork_rng():
+                torch.manual_seed(index)  # the same dropout masks for every setting
+                measured.append(task.smart_probe(batch, index))
+        perturbation = statistics.fmean(m["perturbation_kl"] for m in measured)
+        dropout = statistics.fmean(m["dropout_kl"] for m in measured)
+        rows.append({"name": name, "overrides": overrides, "epsilon": smart.epsilon, "relative": name.startswith("rel"),
+                     "perturbation_kl": perturbation, "dropout_kl": dropout, "ratio": perturbation / dropout})
+    return rows
+
+
+def acting_radii(probe_row: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(ε_act, ε_strong) of a stored probe: the smallest relative grid radius with ratio ≥ 1, resp. ≥ 10."""
+    relative = sorted((s["epsilon"], s["ratio"]) for s in probe_row["settings"] if s["relative"])
+    act = next((e for e, ratio in relative if ratio >= ACT_RATIO), None)
+    strong = next((e for e, ratio in relative if ratio >= STRONG_RATIO), None)
+    return act, strong
+
+
+def stored_probe(rows: list[dict[str, Any]], task_name: str) -> dict[str, Any] | None:
+    return next((r for r in reversed(rows) if r.get("kind") == "probe" and r["task"] == task_name), None)
+
+
+def adversarial_settings(rows: list[dict[str, Any]], task_name: str, names: list[str]) -> dict[str, str]:
+    """Issue 19's settings named in ``names``, with the task's ε_act and ε_strong from its stored probe."""
+    unknown = [n for n in names if n not in ADVERSARIAL]
+    if unknown:
+        raise SystemExit(f"--settings: unknown {unknown}; known: {', '.join(ADVERSARIAL)}")
+    radii: dict[str, float | None] = {}
+    if {"act", "strong"} & set(names):
+        found = stored_probe(rows, task_name)
+        if found is None:
+            raise SystemExit(f"act and strong need the probe's radii: run `quality.py probe --task {task_name}` first")
+        radii["act"], radii["strong"] = acting_radii(found)
+    settings = {}
+    for name in names:
+        if name in radii and radii[name] is None:
+            raise SystemExit(f"{name}: no radius of the grid {PROBE_GRID} reaches its ratio on {task_name}")
+        settings[name] = ADVERSARIAL[name].format(**{k: f"{v:g}" for k, v in radii.items() if v is not None})
+    return settings
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -374,11 +486,35 @@ def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def adversarial_report(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 19: the probe's table and the radii it fixes, then each task's study with the multi-radius attack."""
+    lines: list[str] = []
+    probes = {task: stored_probe(rows, task) for task in TASKS}
+    probes = {task: row for task, row in probes.items() if row is not None}
+    if probes:
+        lines += ["### The probe at plain's final weights (seed 0): ℓs of the perturbation / ℓs of dropout", "",
+                  "| perturbation | " + " | ".join(probes) + " |", "|---" * (len(probes) + 1) + "|"]
+        names = list(dict.fromkeys(s["name"] for row in probes.values() for s in row["settings"]))
+        for name in names:
+            cells = [next((f"{s['ratio']:.3g}×" for s in row["settings"] if s["name"] == name), "–")
+                     for row in probes.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for task, row in probes.items():
+            act, strong = acting_radii(row)
+            lines.append(f"{task} ({row['steps']} steps at lr {row['lr']:g}): ε_act = {act}, ε_strong = {strong}"
+                         f" (× token RMS; ratio ≥ {ACT_RATIO:g} and ≥ {STRONG_RATIO:g}).")
+        lines.append("")
+    return lines
+
+
 def report(rows: list[dict[str, Any]]) -> str:
     """Markdown tables: the learning-rate phase, then per task and setting the medians, paired gains and cost."""
     lines: list[str] = []
+    runs = [r for r in rows if r.get("kind") != "probe"]
+    earlier = [r for r in runs if not r.get("bench", {}).get("attack_radii")]
     for task in TASKS:
-        phase = [r for r in rows if r["task"] == task and r["setting"] == "plain@lr"]
+        phase = [r for r in earlier if r["task"] == task and r["setting"] == "plain@lr"]
         if phase:
             lr, step, curves = lr_choice(phase)
             lines += [f"### {task}: learning rate for plain fine-tuning ({len(phase)} runs)", "",
@@ -387,23 +523,26 @@ def report(rows: list[dict[str, Any]]) -> str:
                 points = ", ".join(f"{s}: {100 * v:.1f}" for s, v in curve)
                 lines.append(f"| {rate:g} | {points} | {100 * max(v for _, v in curve):.1f} |")
             lines += ["", f"chosen: lr {lr:g}, {step} steps", ""]
-        study = [r for r in rows if r["task"] == task and r["setting"] != "plain@lr"]
+        study = [r for r in earlier if r["task"] == task and r["setting"] != "plain@lr"]
         for regime in dict.fromkeys((r["lr"], r["steps"]) for r in study):
             mine = [r for r in study if (r["lr"], r["steps"]) == regime]
             # A plain run of the lr phase at this lr and these steps is the study's plain run of its seed (same key).
             seeds = {r["seed"] for r in mine if r["setting"] == "plain"}
             lines += study_tables(task, [r | {"setting": "plain"} for r in phase
                                          if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds] + mine)
-    total = sum(r["train_s"] + r["eval_s"] for r in rows)
-    lines.append(f"{len(rows)} runs, {total / 3600:.2f} h of compute (each run on {rows[0]['threads']} thread(s)).")
+    lines += adversarial_report(rows)
+    total = sum(r.get("train_s", 0) + r["eval_s"] for r in rows)
+    lines.append(f"{len(runs)} runs and {len(rows) - len(runs)} probes, {total / 3600:.2f} h of compute"
+                 f" (each run on {runs[0]['threads']} thread(s)).")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("lr", "study", "report"))
+    parser.add_argument("command", choices=("lr", "study", "probe", "adversarial", "report"))
     parser.add_argument("--task", choices=list(TASKS), default="movies")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names of SETTINGS")
+    parser.add_argument("--settings", default=None,
+                        help="comma-separated names of SETTINGS (study) or of ADVERSARIAL (adversarial)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME:OVERRIDES",
                         help="an extra setting, e.g. 'lazy4:smart=paper teacher=paper smart.every_n_steps=4'")
     parser.add_argument("--seeds", default=None, help="e.g. 0-4 (study), 0-2 (lr)")
@@ -427,6 +566,30 @@ def main(argv: list[str] | None = None) -> None:
     transformers_logging.set_verbosity_error()
     bench = QUICK if args.quick else Bench()
     index, count = (int(x) for x in args.shard.split("/"))
+    if args.command in ("probe", "adversarial"):
+        bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH
+        lr, steps = REGIMES[args.task]
+        steps = 4 if args.quick else steps
+        if args.command == "probe":  # at plain's final weights, seed 0: the study's own plain run of that seed
+            run = Run(args.task, "plain", SETTINGS["plain"], 0, lr, steps)
+            execute([run], bench, args.out, (0, 1))
+            start = time.perf_counter()
+            row = {"kind": "probe", "key": f"probe-{run.key(bench)}", "task": args.task, "lr": lr, "steps": steps,
+                   "of": run.key(bench), "settings": probe(args.task, args.out / "weights" / run.key(bench), bench)}
+            row["eval_s"] = round(time.perf_counter() - start, 1)
+            with (args.out / "runs.jsonl").open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(report(stored(args.out)))
+            return
+        names = [n for n in (args.settings or ",".join(ADVERSARIAL)).split(",") if n]
+        settings = adversarial_settings(stored(args.out), args.task, names)
+        seeds = parse_seeds(args.seeds or ("0" if args.quick else "0-4"))
+        plan = [Run(args.task, name, settings[name], seed, lr, steps) for seed in seeds for name in names]
+        start = time.perf_counter()
+        execute(plan, bench, args.out, (index, count))
+        print(f"this invocation: {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        print(report(stored(args.out)))
+        return
     if args.command == "lr":
         seeds = parse_seeds(args.seeds or "0-2")
         plan = [Run(args.task, "plain@lr", SETTINGS["plain"], seed, lr, args.steps or (4 if args.quick else 300))
@@ -435,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.lr is None or args.steps is None:
             raise SystemExit("study needs --lr and --steps: the lr phase's choice (quality.py report)")
         settings = dict(SETTINGS)
+        args.settings = args.settings or ",".join(SETTINGS)
         for text in args.setting:
             name, _, overrides = text.partition(":")
             settings[name] = overrides
