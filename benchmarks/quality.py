@@ -36,10 +36,12 @@ one whose final validation accuracy is within 1 point of the majority class's ra
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import shlex
@@ -215,6 +217,7 @@ def train_one(run: Run, bench: Bench, weights: Path | None = None) -> dict[str, 
     row: dict[str, Any] = asdict(run) | {"curve": curve.points, "steps_done": trainer.global_step}
     row["probe"] = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "probe" in k}
     row["skipped"] = task.smart_skipped
+    row["probes"] = [list(p) for p in task.smart_probes]  # (step, ℓs of the perturbation, ℓs of dropout)
     row["splits"] = ["val", *data.test_names] + (["robust"] if cfg.data.num_labels > 1 else [])
     row["val"] = evaluate(task, data.val_dataloader())
     tests = data.test_dataloader()
@@ -369,22 +372,27 @@ def stored_probe(rows: list[dict[str, Any]], task_name: str) -> dict[str, Any] |
     return next((r for r in reversed(rows) if r.get("kind") == "probe" and r["task"] == task_name), None)
 
 
-def adversarial_settings(rows: list[dict[str, Any]], task_name: str, names: list[str]) -> dict[str, str]:
-    """Issue 19's settings named in ``names``, with the task's ε_act and ε_strong from its stored probe."""
-    unknown = [n for n in names if n not in ADVERSARIAL]
+def adversarial_settings(rows: list[dict[str, Any]], task_name: str, names: list[str],
+                         extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Issue 19's settings named in ``names`` (of :data:`ADVERSARIAL` and ``extra``), with ``{act}`` and
+    ``{strong}`` the task's ε_act and ε_strong from its stored probe."""
+    known = ADVERSARIAL | (extra or {})
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"--settings: unknown {unknown}; known: {', '.join(ADVERSARIAL)}")
+        raise SystemExit(f"--settings: unknown {unknown}; known: {', '.join(known)}")
     radii: dict[str, float | None] = {}
-    if {"act", "strong"} & set(names):
+    if any("{" in known[n] for n in names):
         found = stored_probe(rows, task_name)
         if found is None:
             raise SystemExit(f"act and strong need the probe's radii: run `quality.py probe --task {task_name}` first")
         radii["act"], radii["strong"] = acting_radii(found)
     settings = {}
     for name in names:
-        if name in radii and radii[name] is None:
-            raise SystemExit(f"{name}: no radius of the grid {PROBE_GRID} reaches its ratio on {task_name}")
-        settings[name] = ADVERSARIAL[name].format(**{k: f"{v:g}" for k, v in radii.items() if v is not None})
+        missing = [k for k, v in radii.items() if v is None and f"{{{k}}}" in known[name]]
+        if missing:
+            raise SystemExit(f"{name}: no radius of the grid {PROBE_GRID} reaches the ratio of ε_{missing[0]}"
+                             f" on {task_name} (quality.py report shows the probe)")
+        settings[name] = known[name].format(**{k: f"{v:g}" for k, v in radii.items() if v is not None})
     return settings
 
 
@@ -438,11 +446,12 @@ def lr_choice(rows: list[dict[str, Any]]) -> tuple[float, int, dict[float, list[
     return best, step, curves
 
 
-def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
+def study_tables(task: str, study: list[dict[str, Any]], lazy_of: tuple[str, ...] = LAZY_OF,
+                 title: str = "") -> list[str]:
     """One task's study at one learning rate and step count: medians, failures, cost, paired differences."""
     lines: list[str] = []
     splits = study[0]["splits"]
-    lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}", "",
+    lines += [f"### {task}: {study[0]['steps']} steps at lr {study[0]['lr']:g}{title}", "",
               "| setting | n | failed | " + " | ".join(splits) + " | s per run |",
               "|---" * (len(splits) + 4) + "|"]
     settings = sorted(dict.fromkeys(r["setting"] for r in study), key=lambda name: name != "plain")  # plain first
@@ -457,7 +466,7 @@ def study_tables(task: str, study: list[dict[str, Any]]) -> list[str]:
                      + f" | {seconds:.0f} |")
     medians: dict[str, float] = {
         name: statistics.median(headline(r, "val") for r in study if r["setting"] == name)  # type: ignore[misc,type-var]
-        for name in LAZY_OF if name in settings}
+        for name in lazy_of if name in settings}
     if medians:
         lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
                   f"{max(medians, key=medians.__getitem__)}."]
@@ -505,7 +514,113 @@ def adversarial_report(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{task} ({row['steps']} steps at lr {row['lr']:g}): ε_act = {act}, ε_strong = {strong}"
                          f" (× token RMS; ratio ≥ {ACT_RATIO:g} and ≥ {STRONG_RATIO:g}).")
         lines.append("")
+    for task in TASKS:
+        study = [r for r in rows if r.get("kind") != "probe" and r["task"] == task
+                 and r.get("bench", {}).get("attack_radii")]
+        if study:
+            lines += study_tables(task, study, lazy_of=(), title=" (issue 19: the multi-radius attack)")
+            lines += radius_tables(task, study, probes.get(task))
+            lines += reproduced(rows, study)
     return lines
+
+
+TRAINING_RADIUS = {"mtdnn": 1.0, "mtdnn_teacher": 1.0}
+"""The authors' rule has no radius: its δ is ≈ 1 per coordinate, about the token RMS, so it is judged at 1×."""
+
+
+def training_radius(setting: str, probe_row: dict[str, Any] | None) -> float | None:
+    if setting in TRAINING_RADIUS:
+        return TRAINING_RADIUS[setting]
+    if probe_row is None or setting.removeprefix("lazy4_") not in ("act", "strong"):
+        return None
+    act, strong = acting_radii(probe_row)
+    return act if setting.removeprefix("lazy4_") == "act" else strong
+
+
+def _paired(mine: list[dict[str, Any]], plain: dict[int, dict[str, Any]], score: Any) -> tuple[float, float, float]:
+    """Mean paired difference from plain of ``score(row)`` (points) and its bootstrap 95% interval."""
+    return bootstrap([100 * (score(r) - score(plain[r["seed"]])) for r in mine])
+
+
+def _at(radii: list[float], radius: float) -> Any:
+    """A run's robust accuracy at ``radius``."""
+    index = next(i for i, x in enumerate(radii) if math.isclose(x, radius))
+    return lambda row: row["robust_radii"]["acc"][index]
+
+
+def radius_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, Any] | None) -> list[str]:
+    """Clean and robust accuracy at every radius (medians), the paired differences from plain at the radii that
+    matter, and what the rule lets each setting claim."""
+    radii = study[0]["robust_radii"]["radii"]
+    settings = sorted(dict.fromkeys(r["setting"] for r in study), key=lambda name: name != "plain")
+    lines = [f"Clean and robust accuracy (%) under the PGD attack at each radius (× token RMS; ℓ∞, "
+             f"{study[0]['bench']['attack_steps']} steps, {int(study[0]['robust_radii']['n'])} test examples; an "
+             "example is robust at r if right under every attack of radius ≤ r), median over seeds:", "",
+             "| setting | clean | " + " | ".join(f"{r:g}" for r in radii) + " |", "|---" * (len(radii) + 2) + "|"]
+    for setting in settings:
+        mine = [r["robust_radii"] for r in study if r["setting"] == setting]
+        cells = [statistics.median(100 * g["acc"][i] for g in mine) for i in range(len(radii))]
+        lines.append(f"| {setting} | {statistics.median(100 * g['clean'] for g in mine):.1f} | "
+                     + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    act, strong = acting_radii(probe_row) if probe_row else (None, None)
+    marked = [r for r in dict.fromkeys([0.02, act, strong, 3 * strong if strong else None, 1.0]) if r is not None]
+    marked = [r for r in marked if any(math.isclose(r, x) for x in radii)]
+    plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
+    lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval), clean and at "
+              f"the radii that matter (0.02, ε_act = {act}, ε_strong = {strong}, 3·ε_strong, 1):", "",
+              "| setting | seeds | clean | " + " | ".join(f"r = {r:g}" for r in marked) + " |",
+              "|---" * (len(marked) + 3) + "|"]
+    verdicts = []
+    ood = [split for split in study[0]["splits"] if split in ("tweets", "amazon", "nyt")]
+    for setting in settings:
+        mine = [r for r in study if r["setting"] == setting and r["seed"] in plain]
+        if setting == "plain" or not mine:
+            continue
+        paired = functools.partial(_paired, mine, plain)
+        cells = [paired(lambda row: row["robust_radii"]["clean"])] + [paired(_at(radii, r)) for r in marked]
+        lines.append(f"| {setting} | {len(mine)} | " + " | ".join(f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                                                                  for m, lo, hi in cells) + " |")
+        radius = training_radius(setting, probe_row)
+        val = paired(lambda row: headline(row, "val"))
+        losses = [split for split in ood if paired(lambda row, s=split: headline(row, s))[2] < 0]
+        said = [f"validation {val[0]:+.1f} [{val[1]:+.1f}, {val[2]:+.1f}]"]
+        if radius is not None and any(math.isclose(radius, x) for x in radii):
+            robust = paired(_at(radii, radius))
+            said.append(f"robust at its training radius {radius:g}: {robust[0]:+.1f} [{robust[1]:+.1f}, "
+                        f"{robust[2]:+.1f}]")
+            gain = robust[1] > 0 and not losses
+            said.append("**earns a robustness claim**" if gain else "no robustness claim"
+                        + (f" (out of domain its interval excludes a loss on {', '.join(losses)})" if losses else ""))
+        verdicts.append(f"- {setting}: " + "; ".join(said) + ("; beats plain on validation" if val[1] > 0 else "")
+                        + ".")
+    lines += ["", "By the rule (a robustness claim needs its interval to exclude 0 at the training radius and no "
+              "out-of-domain loss whose interval excludes 0; a gain is chosen on validation and confirmed on test):",
+              "", *verdicts, ""]
+    curves = [(r["setting"], r["probes"]) for r in study if r.get("probes")]
+    if curves:
+        lines += ["The in-training probe (ℓs of the perturbation / ℓs of dropout, median over seeds, at the step "
+                  "after each validation):", "", "| setting | " + " | ".join(
+                      str(step) for step, *_ in curves[0][1]) + " |", "|---" * (len(curves[0][1]) + 1) + "|"]
+        for setting in dict.fromkeys(name for name, _ in curves):
+            mine = [probes for name, probes in curves if name == setting]
+            cells = [statistics.median(p[i][1] / p[i][2] for p in mine) for i in range(len(mine[0]))]
+            lines.append(f"| {setting} | " + " | ".join(f"{c:.3g}" for c in cells) + " |")
+        lines.append("")
+    return lines
+
+
+def reproduced(rows: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[str]:
+    """Whether the reruns of runs stored before the multi-radius attack reproduce their metrics exactly."""
+    before = {(r["task"], r["overrides"], r["seed"], r["lr"], r["steps"]): r for r in rows
+              if r.get("kind") != "probe" and not r.get("bench", {}).get("attack_radii")}
+    pairs = [(r, before[k]) for r in study if (k := (r["task"], r["overrides"], r["seed"], r["lr"], r["steps"]))
+             in before]
+    if not pairs:
+        return []
+    same = [a for a, b in pairs if all(a[split] == b[split] for split in b["splits"])]
+    differ = [f"{a['setting']} seed {a['seed']}" for a, b in pairs if a not in same]
+    return [f"Reruns of stored runs: {len(same)} of {len(pairs)} reproduce every stored metric exactly"
+            + (f"; differ: {', '.join(differ)}." if differ else "."), ""]
 
 
 def report(rows: list[dict[str, Any]]) -> str:
@@ -581,8 +696,11 @@ def main(argv: list[str] | None = None) -> None:
                 handle.write(json.dumps(row) + "\n")
             print(report(stored(args.out)))
             return
-        names = [n for n in (args.settings or ",".join(ADVERSARIAL)).split(",") if n]
-        settings = adversarial_settings(stored(args.out), args.task, names)
+        extra = dict(text.partition(":")[::2] for text in args.setting)
+        names = list(dict.fromkeys(n for n in (args.settings or ",".join(ADVERSARIAL)).split(",") if n))
+        settings = adversarial_settings(stored(args.out), args.task, names + [n for n in extra if n not in names],
+                                        extra)
+        names = list(settings)
         seeds = parse_seeds(args.seeds or ("0" if args.quick else "0-4"))
         plan = [Run(args.task, name, settings[name], seed, lr, steps) for seed in seeds for name in names]
         start = time.perf_counter()

@@ -31,6 +31,7 @@ from lightning_smart.perturbation import (
     sample_noise,
     token_rms,
 )
+from lightning_smart.probe import ProbeResult, dropout_off_warning, weak_perturbation_warning
 from lightning_smart.schedule import rampup
 
 RngSnapshot = tuple[Tensor, Tensor | None]
@@ -148,6 +149,10 @@ class SmartLightningModule:
         self._smart_loss_calls = 0
         self._smart_step_depth = 0
         self._smart_step_checked = False
+        self._smart_modes_checked = False
+        self._smart_probe_due = False
+        self._smart_probe_warned = False
+        self.smart_probes: list[ProbeResult] = []
 
     # -- the four methods users may override --------------------------------------------------
 
@@ -272,6 +277,11 @@ class SmartLightningModule:
                 return loss
         """
         self._smart_loss_calls += 1
+        if not self._smart_modes_checked:  # at the first training step: the modes the fit really trains in
+            self._smart_modes_checked = True
+            message = dropout_off_warning(self)  # type: ignore[arg-type]
+            if message:
+                rank_zero_warn(message)
         cfg, teacher = self.smart, self.smart_teacher
         step = int(self.global_step)  # type: ignore[attr-defined]
         # Lazy regularization: R_s and D on every k-th optimizer step only (all its micro-batches), weighted × k.
@@ -312,6 +322,8 @@ class SmartLightningModule:
         if cfg.lambda_s > 0:
             if not self._smart_first_step_done:
                 self._smart_first_step(batch, batch_idx, x)
+            elif self._smart_probe_due:
+                self._smart_probe_now(batch, batch_idx, step)
             # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
             delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
             shift = delta if scale is None else delta * scale
@@ -452,19 +464,33 @@ class SmartLightningModule:
             radius, spacing, magnitude, dtype = self._smart_resolution(x, batch)
             if radius < spacing / 2:
                 self._smart_warn_unresolved(radius, spacing, magnitude, dtype)
-        if cfg.probe:  # on a forked RNG: its dropout draws leave the training's stream (and a resume) as they were
-            device: torch.device = self.device  # type: ignore[attr-defined]
-            with _replayed(_rng_snapshot(device), device):
-                probe = self.smart_probe(batch, batch_idx)
-            self._smart_log({"smart/probe_perturbation_kl": probe["perturbation_kl"],
-                             "smart/probe_dropout_kl": probe["dropout_kl"]})
-            if probe["perturbation_kl"] < 0.01 * probe["dropout_kl"]:
-                rank_zero_warn(
-                    f"SMART probe: the perturbation changes the output by ℓs = {probe['perturbation_kl']:.2e}, under 1%"
-                    f" of what dropout alone does ({probe['dropout_kl']:.2e}): R_s measures dropout consistency,"
-                    " not smoothness. Raise smart.epsilon (e.g. smart.epsilon_scale=relative) or set"
-                    " smart.shared_dropout=true."
-                )
+        if cfg.probe:
+            self._smart_probe_now(batch, batch_idx, int(self.global_step))  # type: ignore[attr-defined]
+
+    def _smart_probe_now(self, batch: Any, batch_idx: int, step: int) -> None:
+        """The probe on this training batch at the current weights: logged, kept in :attr:`smart_probes`, and a
+        warning where the perturbation barely acts (after the first step only: see :mod:`lightning_smart.probe`).
+
+        On a forked RNG: its dropout draws leave the training's stream (and a resume) as they were."""
+        self._smart_probe_due = False
+        device: torch.device = self.device  # type: ignore[attr-defined]
+        with _replayed(_rng_snapshot(device), device):
+            measured = self.smart_probe(batch, batch_idx)
+        result = ProbeResult(step, measured["perturbation_kl"], measured["dropout_kl"])
+        self.smart_probes.append(result)
+        self._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
+                         "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
+        message = weak_perturbation_warning(result, self.smart.epsilon, self.smart.epsilon_scale)
+        if message and not self._smart_probe_warned:
+            self._smart_probe_warned = True
+            rank_zero_warn(message)
+
+    def on_validation_end(self) -> None:
+        """After each validation inside ``fit``, the next regularized step probes again (with ``smart.probe``)."""
+        super().on_validation_end()  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        if self.smart.probe and trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._smart_probe_due = True
 
     def _smart_rampup(self, step: int) -> float:
         """The ramp-up's factor on λs at optimizer step ``step``: 1 without ``smart.rampup``."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_bert, token_batch
 from torch import nn
 
-from lightning_smart.attack import pgd_attack, robust_accuracy
+from lightning_smart.attack import pgd_attack, robust_accuracy, robust_accuracy_by_radius
 from lightning_smart.tasks import SequenceTask
 
 
@@ -107,3 +109,23 @@ def test_bad_arguments_and_inference_mode_fail_clearly() -> None:
         pgd_attack(*args, epsilon=0.1, norm="l1")
     with torch.inference_mode(), pytest.raises(ValueError, match="inference_mode"):
         pgd_attack(*args, epsilon=0.1)
+
+
+def test_robust_accuracy_by_radius_is_one_accuracy_per_radius_non_increasing() -> None:
+    """Fixed weights, radii given out of order: sorted, one accuracy each, never rising (an example robust at r is
+    robust under every smaller ball, which lies inside r's), each at most the single-radius attack's accuracy."""
+    model = tiny_bert(seed=2).eval()
+    batches = [batch_of(seed=s) for s in range(3)]
+    radii = [1.0, 0.01, 0.3, 0.1, 3.0]
+    grid = robust_accuracy_by_radius(model, model.bert.embeddings, logits_of(model), batches, radii, steps=3,
+                                     relative=True)
+    assert grid["radii"] == sorted(radii) and len(grid["robust_acc"]) == len(radii) and grid["n"] == 48
+    accuracy = grid["robust_acc"]
+    assert all(a >= b for a, b in itertools.pairwise(accuracy))
+    assert grid["clean_acc"] >= accuracy[0] and accuracy[-1] < grid["clean_acc"]  # the largest ball flips some
+    for radius, robust in zip(grid["radii"], accuracy, strict=True):
+        alone = robust_accuracy(model, model.bert.embeddings, logits_of(model), batches, epsilon=radius, steps=3,
+                                relative=True)
+        assert alone["clean_acc"] == grid["clean_acc"] and robust <= alone["robust_acc"]
+    with pytest.raises(ValueError, match="radii is empty"):
+        robust_accuracy_by_radius(model, model.bert.embeddings, logits_of(model), batches, [])

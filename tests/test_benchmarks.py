@@ -93,7 +93,8 @@ def test_quality_quick_runs_composed_settings_and_resumes(tmp_path: Path) -> Non
             assert set(row[split]) == {"acc", "bal", "majority"}
     stabilized = by_setting["paper_stab"]
     assert by_setting["plain"]["probe"] == {}
-    assert set(stabilized["probe"]) == {"probe_perturbation_kl", "probe_dropout_kl"}
+    assert set(stabilized["probe"]) == {"probe_perturbation_kl", "probe_dropout_kl", "probe_ratio"}
+    assert [step for step, *_ in stabilized["probes"]] == [0, 2]  # at the first step, and after step 2's validation
     # The stabilized paper setting composed the package's presets and its options: the ramp shows in the weights.
     assert "smart.rampup=0.25" in stabilized["overrides"] and "teacher=paper" in stabilized["overrides"]
 
@@ -151,3 +152,56 @@ def test_quality_claims_a_run_for_one_live_process_and_counts_a_run_once(tmp_pat
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps({"key": k, "n": n}) + "\n"
                                                  for n, k in enumerate("abab")) + "\n")
     assert quality.stored(tmp_path) == [{"key": "a", "n": 0}, {"key": "b", "n": 1}]
+
+
+@pytest.mark.slow
+def test_quality_probe_and_the_adversarial_study_on_the_two_layer_cut(tmp_path: Path) -> None:
+    """The probe trains plain seed 0 (keeping its weights) and measures every grid radius, the paper's ε and mtdnn;
+    the study's runs record robust accuracy at every radius of the attack's grid."""
+    quality = load_quality()
+    out = ("--quick", "--out", str(tmp_path), "--threads", "1")
+    text = run_script("quality.py", "probe", "--task", "movies", *out, timeout=900)
+    (probe,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()
+                if json.loads(line).get("kind") == "probe"]
+    names = ["paper ε", *(f"relative {e:g}" for e in quality.PROBE_GRID), "mtdnn"]
+    assert [s["name"] for s in probe["settings"]] == names
+    for setting in probe["settings"]:
+        assert 0 <= setting["perturbation_kl"] < float("inf") and 0 < setting["dropout_kl"] < float("inf")
+        assert setting["ratio"] == setting["perturbation_kl"] / setting["dropout_kl"]
+        assert re.search(rf"^\| {re.escape(setting['name'])} \| [0-9.e+-]+× \|$", text, re.MULTILINE), text
+    assert (tmp_path / "weights" / probe["of"] / "config.json").is_file()  # plain's final weights, kept
+    assert "ε_act = " in text and "ε_strong = " in text
+
+    run_script("quality.py", "adversarial", "--task", "movies", "--settings", "plain,mtdnn", *out, timeout=900)
+    runs = [r for r in quality.stored(tmp_path) if r.get("kind") != "probe"]
+    assert sorted(r["setting"] for r in runs) == ["mtdnn", "plain"]  # plain seed 0 ran once, for the probe
+    for row in runs:
+        grid = row["robust_radii"]
+        assert grid["radii"] == list(quality.QUICK_ADVERSARIAL.attack_radii) and len(grid["acc"]) == len(grid["radii"])
+        assert grid["acc"][0] <= grid["clean"]
+        assert all(a >= b for a, b in zip(grid["acc"], grid["acc"][1:], strict=False))
+    text = quality.report(quality.stored(tmp_path))
+    assert re.search(r"^\| mtdnn \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.MULTILINE), text
+
+
+def test_quality_fixes_the_acting_radii_by_the_rule_and_plans_with_them() -> None:
+    quality = load_quality()
+    ratios = dict(zip(quality.PROBE_GRID, (0.3, 0.8, 1.5, 12.0, 9.0, 30.0), strict=True))
+    settings = [{"name": f"relative {e:g}", "epsilon": e, "relative": True, "ratio": r} for e, r in ratios.items()]
+    probe = {"kind": "probe", "task": "trec", "lr": 2e-5, "steps": 400, "settings": [
+        {"name": "paper ε", "epsilon": 1e-5, "relative": False, "ratio": 50.0}, *settings]}
+    assert quality.acting_radii(probe) == (0.03, 0.1)  # smallest with ratio ≥ 1 and ≥ 10; the paper's ε is no grid row
+    planned = quality.adversarial_settings([probe], "trec", ["act", "strong", "mtdnn", "lazy"],
+                                           {"lazy": "smart=relative_shared smart.epsilon={act} smart.every_n_steps=4"})
+    assert planned == {"act": "smart=relative_shared teacher=off smart.epsilon=0.03",
+                       "strong": "smart=relative_shared teacher=off smart.epsilon=0.1",
+                       "mtdnn": "smart=mtdnn teacher=off",
+                       "lazy": "smart=relative_shared smart.epsilon=0.03 smart.every_n_steps=4"}
+    with pytest.raises(SystemExit, match=r"run `quality.py probe --task movies` first"):
+        quality.adversarial_settings([probe], "movies", ["act"])
+    weak = probe | {"settings": [s | {"ratio": 0.5} for s in settings]}
+    with pytest.raises(SystemExit, match=r"strong: no radius of the grid .* reaches the ratio of ε_strong on trec"):
+        quality.adversarial_settings([weak], "trec", ["strong"])
+    assert quality.adversarial_settings([weak], "trec", ["plain"]) == {"plain": "smart=off teacher=off"}
+    text = "\n".join(quality.adversarial_report([probe]))
+    assert "| relative 0.03 | 1.5× |" in text and "trec (400 steps at lr 2e-05): ε_act = 0.03, ε_strong = 0.1" in text

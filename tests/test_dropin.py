@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_bert, token_loader
 from test_module import trainer
+from transformers import AutoModelForSequenceClassification
 
 from lightning_smart import EMATeacherCallback, SmartConfig, SmartLightningModule
 from lightning_smart.tasks import SequenceTask
@@ -148,3 +150,30 @@ def test_the_mixin_after_lightning_module_is_refused_where_the_class_is_defined(
     with pytest.raises(TypeError, match=re.escape(message)):
         class Late(pl.LightningModule, SmartLightningModule):
             pass
+
+
+class FromPretrained(SmartLightningModule, pl.LightningModule):
+    """The Lightning tutorial's module made SMART: the model as ``from_pretrained`` returns it (eval mode)."""
+
+    def __init__(self, path: str, train_mode: bool) -> None:
+        super().__init__(smart=SMART)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, num_hidden_layers=2)
+        self.model = model.train() if train_mode else model
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-4)
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["left-in-eval-mode", "after-train"])
+def test_a_model_left_in_eval_mode_is_warned_about_at_fit_start(minilm_path: str, train_mode: bool) -> None:
+    module = FromPretrained(minilm_path, train_mode)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(max_steps=1).fit(module, token_loader(8, 8))
+    said = [str(w.message) for w in caught if "dropout off" in str(w.message)]
+    if train_mode:
+        assert said == []
+    else:  # Lightning kept the submodules' eval mode: every dropout stayed off in training
+        assert not any(m.training for m in module.model.modules() if isinstance(m, torch.nn.Dropout))
+        assert len(said) == 1 and said[0].startswith("The model trains with dropout off: its ")
+        assert "Call .train() on it where you load it" in said[0]

@@ -1,0 +1,87 @@
+"""What the perturbation does next to dropout, measured while training runs; and the warnings it raises.
+
+The probe (:meth:`~lightning_smart.SmartLightningModule.smart_probe`) measures, on one training batch, the output
+change from the perturbation alone, ℓs(f(x + δ), f(x)) on the same dropout masks, and from dropout alone, ℓs between
+two clean forwards. Their ratio says what R_s regularizes: below about 1%, R_s is dropout consistency (R-Drop);
+around 1 and above, the perturbation acts.
+
+At the first step the ratio says little: a freshly initialised head gives every output change a tiny ℓs, and both
+terms grow by orders of magnitude as the head trains (on the 6-layer MiniLM, relative ε = 0.1 moves the output by
+0.01× dropout's at step 0 and 23× at plain fine-tuning's final weights on movie sentiment: benchmarks/RESULTS.md).
+So the mixin probes at the first regularized step and again at the first regularized step after each validation,
+logs every ratio, and warns on a ratio measured after the first step only.
+
+The functions here are pure: they decide from numbers and modules; the mixin measures and logs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import nn
+
+WEAK_RATIO = 0.01
+"""A perturbation whose ℓs is under this fraction of dropout's is not measured by R_s (its effect is dropout's)."""
+
+
+class ProbeResult(NamedTuple):
+    """One probe: the optimizer step it was measured at and the two output changes."""
+
+    step: int
+    perturbation_kl: float
+    dropout_kl: float
+
+    @property
+    def ratio(self) -> float:
+        """ℓs of the perturbation over ℓs of dropout (``inf`` where dropout changes nothing)."""
+        return self.perturbation_kl / self.dropout_kl if self.dropout_kl > 0 else float("inf")
+
+
+def weak_perturbation_warning(result: ProbeResult, epsilon: float, epsilon_scale: str) -> str | None:
+    """The warning for a probe whose perturbation barely moves the output, or ``None``.
+
+    Only a probe after the first step can warn: at step 0 the fresh head hides what ε will do.
+
+    Example:
+        >>> weak_perturbation_warning(ProbeResult(0, 1e-10, 1e-4), 1e-5, "absolute") is None
+        True
+        >>> weak_perturbation_warning(ProbeResult(50, 1e-10, 1e-4), 1e-5, "absolute")[:39]
+        'SMART probe at step 50: the perturbation'
+    """
+    if result.step == 0 or result.dropout_kl == 0 or result.ratio >= WEAK_RATIO:
+        return None
+    return (
+        f"SMART probe at step {result.step}: the perturbation (smart.epsilon={epsilon:g}, {epsilon_scale}) changes the"
+        f" output by ℓs = {result.perturbation_kl:.2e}, {result.ratio:.1e}× what dropout alone does"
+        f" ({result.dropout_kl:.2e}), under {WEAK_RATIO:.0%}: R_s measures dropout consistency, not smoothness."
+        " Raise smart.epsilon (e.g. smart=relative_shared, with smart.epsilon ≥ 0.03) or set smart.shared_dropout=true;"
+        " the smart/probe_ratio log follows it through training."
+    )
+
+
+def dropout_off_warning(model: nn.Module) -> str | None:
+    """The warning for a model that trains with its dropout turned off, or ``None``.
+
+    Dropout modules with ``p > 0`` all in eval mode: the model was left in eval mode, as transformers'
+    ``from_pretrained`` returns it and as Lightning then keeps it (it restores each submodule's own mode).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)).eval()
+        >>> dropout_off_warning(model)[:52]
+        'The model trains with dropout off: its 1 dropout mod'
+        >>> dropout_off_warning(model.train()) is None
+        True
+    """
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if not dropouts or any(m.training for m in dropouts):
+        return None
+    return (
+        f"The model trains with dropout off: its {len(dropouts)} dropout module(s) with p > 0 are all in eval mode"
+        " (transformers' from_pretrained returns eval mode, and Lightning keeps each submodule's mode), so the"
+        " model overfits sooner and SMART's consistency terms lose dropout's part. Call .train() on it where you"
+        " load it, e.g. self.model = AutoModelForSequenceClassification.from_pretrained(...).train(); if dropout"
+        " off is what you want, set its probabilities to 0 instead."
+    )
+
+
+__all__ = ["WEAK_RATIO", "ProbeResult", "dropout_off_warning", "weak_perturbation_warning"]
