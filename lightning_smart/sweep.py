@@ -5,7 +5,9 @@ when Hydra's multirun ends (:class:`AggregateSweep`), or again at any time with 
 
 - ``aggregate.md``: per setting, the main metric (student, teacher, test sets) as median (mean ± std);
 - ``aggregate.csv``: every metric, one row per setting and metric: n, median, mean, std;
-- ``val_curves.png``: the main validation metric against the step, per setting (mean over seeds, min–max band).
+- ``val_curves.png``: the main validation metric against the step, per setting (mean over seeds, min–max band);
+- with plain fine-tuning among the settings (``experiment=compare``), ``compare.md``, ``compare.csv`` and
+  ``compare.png``: the paired comparison with plain (:mod:`lightning_smart.compare`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+
+from lightning_smart import compare
 
 AGGREGATED_OVER = ("seed",)
 
@@ -184,6 +188,7 @@ def write(sweep_dir: str | Path) -> list[Row]:
     with replacing(sweep / "aggregate.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     plotted = plot(jobs, sweep / "val_curves.png")
+    compared = _write_comparison(jobs, sweep)
 
     console = Console()
     rich_table = Table(title=f"{len(jobs)} jobs · median (mean ± std) across seeds", title_justify="left")
@@ -193,7 +198,29 @@ def write(sweep_dir: str | Path) -> list[Row]:
         rich_table.add_row(*cells)
     console.print(rich_table)
     console.print(f"aggregate: {sweep / 'aggregate.md'}" + (f", plot: {plotted}" if plotted else ""))
+    if compared:
+        console.print("\n".join(compared[2:]), markup=False, highlight=False)
+        console.print(f"comparison with plain fine-tuning: {sweep / 'compare.md'}, {sweep / 'compare.csv'}, "
+                      f"{sweep / 'compare.png'}")
     return rows
+
+
+def _write_comparison(jobs: Sequence[Job], sweep: Path) -> list[str] | None:
+    """With plain fine-tuning among the settings: ``compare.md``, ``compare.csv`` and ``compare.png``."""
+    names = settings(jobs)
+    if all(n.startswith("setting=") and " " not in n for n in names):  # experiment=compare: the setting's name
+        names = [n.removeprefix("setting=") for n in names]
+    result = compare.compare(names, [job.summary for job in jobs])
+    if result is None:
+        return None
+    rows, lines = result
+    with replacing(sweep / "compare.csv") as tmp:
+        compare.write_csv(rows, tmp)
+    with replacing(sweep / "compare.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    with replacing(sweep / "compare.png") as tmp:
+        compare.plot(rows, tmp)
+    return lines
 
 
 class AggregateSweep(HydraCallback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,9 @@ class TextDataModule(pl.LightningDataModule):
                                                                                               keep)))
         self.stats |= {"train": len(splits.train), "val": len(splits.val),
                        "test": {name: len(examples) for name, examples in splits.test.items()}}
+        if hp.num_labels > 1:  # the failed-run rule's floor: what always predicting the commonest class scores
+            counts = Counter(splits.val.labels)
+            self.stats["val_majority"] = round(max(counts.values()) / len(splits.val), 6)
         if hp.num_labels == 2 and dropped:
             self.stats["dropped_zero_rating"] = dropped
         rank_zero_info(f"data {self.dataset_name}: " + ", ".join(f"{key} {value}" for key, value in self.stats.items()))

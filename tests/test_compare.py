@@ -1,0 +1,102 @@
+"""``experiment=compare`` and its report: the statistics on fixed inputs, and a real sweep through Hydra."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from helpers_app import TINY, smart_train
+
+from lightning_smart import stats
+from lightning_smart.compare import compare
+
+
+def test_pairing_and_the_bootstrap_against_a_hand_computation() -> None:
+    # Seeds pair by number; a seed only one side has is left out.
+    assert stats.paired_differences({0: 80.0, 1: 82.0, 3: 90.0}, {0: 79.0, 1: 83.0, 2: 70.0}) == [1.0, -1.0]
+    # Two differences: a resample's mean is 1, 2 or 3 with probabilities 1/4, 1/2, 1/4, so the 2.5% and 97.5%
+    # quantiles are the extremes. Three: the extremes 0 and 4 each have probability 1/27 > 2.5%.
+    assert stats.bootstrap([1.0, 3.0]) == (2.0, 1.0, 3.0)
+    assert stats.bootstrap([0.0, 2.0, 4.0]) == (2.0, 0.0, 4.0)
+    # Five: against the exact bootstrap distribution, enumerated (5^5 equally likely resamples).
+    diffs = [-1.0, 0.5, 1.0, 2.0, 4.0]
+    exact = sorted(statistics.fmean(c) for c in itertools.product(diffs, repeat=5))
+    mean, low, high = stats.bootstrap(diffs)
+    assert mean == 1.3
+    assert exact[int(0.02 * len(exact))] <= low <= exact[int(0.03 * len(exact))]
+    assert exact[int(0.97 * len(exact))] <= high <= exact[int(0.98 * len(exact))]
+    assert stats.quartiles([4.0, 1.0, 3.0, 2.0, 5.0]) == (3.0, 2.0, 4.0)
+    with pytest.raises(ValueError, match="at least one paired difference"):
+        stats.bootstrap([])
+
+
+def test_the_failed_run_and_not_peaked_flags() -> None:
+    assert stats.failed(0.51, majority=0.502) and not stats.failed(0.513, majority=0.502)
+    assert stats.failed(0.09, regression=True) and not stats.failed(0.1, regression=True)
+    with pytest.raises(ValueError, match="majority class's rate"):
+        stats.failed(0.6)
+    rising = stats.median_curve([[(40, 0.70), (80, 0.75)], [(40, 0.72), (80, 0.71)], [(40, 0.60), (80, 0.78)]])
+    assert rising == [(40, 0.70), (80, 0.75)] and stats.not_peaked(rising)
+    assert not stats.not_peaked([(40, 0.8), (80, 0.79)]) and not stats.not_peaked([(40, 0.8), (80, 0.8)])
+
+
+def _summary(seed: int, lambda_s: float, teacher: bool, val: float, test: float, seconds: float,
+             curve: list[list[float]]) -> dict:
+    return {"config": {"seed": seed, "smart": {"lambda_s": lambda_s}, "teacher": {"mu": 1.0} if teacher else None},
+            "metric": "val/acc", "score": val, "val": {"acc": val}, "test": {"movies": {"acc": test}},
+            "data": {"val_majority": 0.5}, "wall_time_s": seconds, "curve": curve,
+            "peak_memory": {"mib": 1000.0 + 100 * lambda_s, "what": "peak resident memory of the run"}}
+
+
+def test_the_report_on_fixed_runs() -> None:
+    names, summaries = [], []
+    for seed, (plain, paper) in enumerate([(0.80, 0.82), (0.78, 0.81), (0.50, 0.79)]):
+        names += ["plain", "paper"]
+        summaries += [_summary(seed, 0.0, False, plain, plain + 0.01, 100.0, [[40, plain - 0.1], [80, plain]]),
+                      _summary(seed, 1.0, True, paper, paper, 250.0, [[40, paper], [80, paper]])]
+    result = compare(names, summaries)
+    assert result is not None
+    rows, lines = result
+    text = "\n".join(lines)
+    by = {(r.setting, r.split): r for r in rows}
+    # Paired differences on validation, in points: +2, +3, +29 (seed 2's plain run failed: 50.0 ≤ 50 + 1).
+    assert by["paper", "validation"].diff_mean == pytest.approx(34 / 3)
+    assert by["plain", "validation"].failed == 1 and by["paper", "validation"].failed == 0
+    assert by["paper", "validation"].time_ratio == 2.5 and by["paper", "movies"].seeds_paired == 3
+    assert "| plain | 3 | 1 | 78.0 (64.0–79.0) | 79.0 (65.0–80.0) | 100 | 1.00 | 1000 |" in text
+    assert "| paper | 3 | 0 | 81.0 (80.0–81.5) | 81.0 (80.0–81.5) | 250 | 2.50 | 1100 |" in text
+    assert "**Plain has not peaked**" in text  # its median curve: 68.0 at step 40, 78.0 at 80
+    assert "- **paper**: +11.3 [" in text and "2.5× the time." in text and "plain had not peaked" in text
+    assert compare(["plain", "plain"], summaries[::2][:2]) is None  # nothing to compare with
+    assert compare(["a", "b"], summaries[1::2][:2]) is None  # no plain fine-tuning among them
+
+
+def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(tmp_path: Path) -> None:
+    """A real sweep: the 2-layer model on the shipped movie snippets, plain and the teacher on 2 seeds."""
+    sweep = tmp_path / "compare"
+    result = smart_train(["-m", "experiment=compare", "setting=plain,teacher", "seed=0,1", *TINY,
+                          f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 4
+    assert "comparison with plain fine-tuning" in result.stdout and "What the evidence says" in result.stdout
+    runs = {(s["config"]["teacher"] is not None, s["config"]["seed"]): s for s in summaries}
+    assert set(runs) == {(False, 0), (False, 1), (True, 0), (True, 1)}
+    with (sweep / "compare.csv").open(newline="") as handle:
+        rows = {(r["setting"], r["split"]): r for r in csv.DictReader(handle)}
+    # Read back from the runs' own summaries: the paired difference on validation and the time ratio.
+    diffs = [100 * (runs[True, seed]["score"] - runs[False, seed]["score"]) for seed in (0, 1)]
+    assert float(rows["teacher", "validation"]["diff_mean"]) == pytest.approx(statistics.fmean(diffs), abs=1e-4)
+    seconds = [statistics.median(runs[teacher, seed]["wall_time_s"] for seed in (0, 1)) for teacher in (False, True)]
+    assert float(rows["teacher", "validation"]["time_ratio"]) == pytest.approx(seconds[1] / seconds[0], abs=1e-4)
+    assert float(rows["plain", "movies"]["median"]) == pytest.approx(
+        statistics.median(100 * runs[False, seed]["test"]["movies"]["acc"] for seed in (0, 1)), abs=1e-4)
+    assert rows["plain", "validation"]["diff_mean"] == "" and rows["teacher", "validation"]["seeds_paired"] == "2"
+    report = (sweep / "compare.md").read_text()
+    assert "| teacher | 2 |" in report and "- **teacher**: " in report and "over 2 seeds" in report
+    assert (sweep / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(s["peak_memory"]["mib"] > 0 and len(s["curve"]) == 2 for s in summaries)
