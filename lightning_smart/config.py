@@ -61,7 +61,8 @@ class SmartConfig:
         perturb_at: dotted path of the submodule whose output is perturbed; ``auto`` picks a
             transformers model's embeddings block in ``self.model``.
         noise_seed: seed of the σ-noise, combined with the step; ``None`` uses ``torch.initial_seed()``.
-        probe: measure, once at fit start, the output change from the perturbation and from dropout.
+        probe: measure the output change from the perturbation and from dropout at the first regularized step
+            and after each validation (:mod:`lightning_smart.probe`); warn where it is under 1% after step 0.
         rampup: fraction of the run's optimizer steps over which λs rises from 0 by Mean Teacher's sigmoid
             ramp-up, w(t) = exp(−5 (1 − t / (rampup·T))²); 0 (default) is no ramp (0 to 1).
         every_n_steps: k, lazy regularization (StyleGAN2): R_s and D only on every k-th optimizer step, with

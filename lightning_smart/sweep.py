@@ -199,7 +199,7 @@ def write(sweep_dir: str | Path) -> list[Row]:
     console.print(rich_table)
     console.print(f"aggregate: {sweep / 'aggregate.md'}" + (f", plot: {plotted}" if plotted else ""))
     if compared:
-        console.print("\n".join(compared[2:]), markup=False, highlight=False)
+        console.print("\n".join(compared[2:]), markup=False, highlight=False, soft_wrap=True)
         console.print(f"comparison with plain fine-tuning: {sweep / 'compare.md'}, {sweep / 'compare.csv'}, "
                       f"{sweep / 'compare.png'}")
     return rows

@@ -75,10 +75,13 @@ def test_the_report_on_fixed_runs() -> None:
     assert compare(["a", "b"], summaries[1::2][:2]) is None  # no plain fine-tuning among them
 
 
-def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(tmp_path: Path) -> None:
-    """A real sweep: the 2-layer model on the shipped movie snippets, plain and the teacher on 2 seeds."""
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(tmp_path: Path, launcher: str) -> None:
+    """A real sweep: the 2-layer model on the shipped movie snippets, plain and the teacher on 2 seeds, with
+    Hydra's basic launcher and with a parallel one (hydra-joblib-launcher, 2 jobs at a time)."""
     sweep = tmp_path / "compare"
-    result = smart_train(["-m", "experiment=compare", "setting=plain,teacher", "seed=0,1", *TINY,
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    result = smart_train(["-m", "experiment=compare", "setting=plain,teacher", "seed=0,1", *TINY, *parallel,
                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
