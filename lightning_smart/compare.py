@@ -80,8 +80,11 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
         summaries: each run's ``summary.json``, in the same order.
 
     Returns:
-        ``None`` when no setting is plain fine-tuning or none is anything else: nothing to compare.
+        ``None`` when no setting is plain fine-tuning or none is anything else, or a summary lacks the resolved
+        config (an older version's): nothing to compare.
     """
+    if any("config" not in m or "score" not in m for m in summaries):
+        return None  # summaries of an older version, without the resolved config: nothing to pair by
     settings = list(dict.fromkeys(names))
     plain_names = [s for s in settings if all(is_plain(m) for n, m in zip(names, summaries, strict=True) if n == s)]
     if not plain_names or len(settings) < 2:

@@ -46,7 +46,7 @@ def weak_perturbation_warning(result: ProbeResult, epsilon: float, epsilon_scale
     Example:
         >>> weak_perturbation_warning(ProbeResult(0, 1e-10, 1e-4), 1e-5, "absolute") is None
         True
-        >>> weak_perturbation_warning(ProbeResult(50, 1e-10, 1e-4), 1e-5, "absolute")[:39]
+        >>> weak_perturbation_warning(ProbeResult(50, 1e-10, 1e-4), 1e-5, "absolute")[:40]
         'SMART probe at step 50: the perturbation'
     """
     if result.step == 0 or result.dropout_kl == 0 or result.ratio >= WEAK_RATIO:
