@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_smart.config import ConfigError
+
 TINY = 1e-12
 """Guards the division by ‖g‖ (an all-zero gradient gives a zero step, not NaN)."""
 
@@ -156,3 +158,64 @@ def captured(module: nn.Module) -> Iterator[Capture]:
         yield record
     finally:
         handle.remove()
+
+
+RngSnapshot = tuple[Tensor, Tensor | None]
+"""The global CPU generator's state, and the device's CUDA generator state on a GPU."""
+
+
+def rng_snapshot(device: torch.device) -> RngSnapshot:
+    """The random state dropout draws its masks from, on ``device``."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def replayed(snapshot: RngSnapshot | None, device: torch.device) -> Iterator[None]:
+    """Within the block, dropout draws the masks it drew at ``snapshot`` (the same masks again: shared dropout);
+    afterwards the random state is as before the block. ``None`` draws as usual."""
+    if snapshot is None:
+        yield
+        return
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else [], device_type="cuda" if cuda else None):
+        torch.set_rng_state(snapshot[0])
+        if snapshot[1] is not None:
+            torch.cuda.set_rng_state(snapshot[1], device)
+        yield
+
+
+def find_site(owner: nn.Module, path: str) -> nn.Module:
+    """The submodule of ``owner`` whose output δ is added to: the dotted ``path`` (``smart.perturb_at``), or for
+    ``auto`` the embeddings block of the transformers model in ``owner.model`` (word + position + type embeddings
+    after their LayerNorm, the authors' injection point; through a PEFT wrapper too), else its word embeddings.
+
+    Raises:
+        ConfigError: ``path`` names no submodule, or ``auto`` finds no embeddings.
+    """
+    name = type(owner).__name__
+    if path != "auto":
+        try:
+            return owner.get_submodule(path)
+        except AttributeError:
+            raise ConfigError(
+                f"smart.perturb_at={path!r} names no submodule of {name}: give a dotted path"
+                " from the LightningModule, e.g. 'model.bert.embeddings' (see named_modules())"
+            ) from None
+    model = getattr(owner, "model", None)
+    inner = model
+    for _ in range(4):  # a PEFT wrapper's base_model chain ends at the transformer's own base model
+        embeddings = getattr(inner, "embeddings", None)
+        if isinstance(embeddings, nn.Module):
+            return embeddings
+        outer, inner = inner, getattr(inner, "base_model", None)
+        if inner is None or inner is outer:
+            break
+    get_input_embeddings = getattr(model, "get_input_embeddings", None)
+    word = get_input_embeddings() if callable(get_input_embeddings) else None
+    if isinstance(word, nn.Module):
+        return word
+    raise ConfigError(
+        f"smart.perturb_at='auto' found no embeddings in {name}: 'auto' needs a transformers"
+        " model in self.model; set smart.perturb_at to the dotted path of the submodule whose output to"
+        " perturb, e.g. 'embed'"
+    )

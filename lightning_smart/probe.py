@@ -12,14 +12,18 @@ output by a quarter of what dropout does at the first step of the default run, a
 So the mixin probes at the first regularized step and again at the first regularized step after each validation,
 logs every ratio, and warns on a ratio measured after the first step only.
 
-The functions here are pure: they decide from numbers and modules; the mixin measures and logs.
+:func:`measure` runs the probe through a module's own SMART methods; the other functions decide from numbers and
+modules, and the mixin logs and warns.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
+
+from lightning_smart.perturbation import captured, perturbed, replayed, rng_snapshot
 
 WEAK_RATIO = 0.01
 """A perturbation whose ℓs is under this fraction of dropout's is not measured by R_s (its effect is dropout's)."""
@@ -36,6 +40,31 @@ class ProbeResult(NamedTuple):
     def ratio(self) -> float:
         """ℓs of the perturbation over ℓs of dropout (``inf`` where dropout changes nothing)."""
         return self.perturbation_kl / self.dropout_kl if self.dropout_kl > 0 else float("inf")
+
+
+def measure(module: Any, batch: Any, batch_idx: int = 0) -> dict[str, float]:
+    """On one batch, the output change (ℓs) from the perturbation alone and from dropout alone.
+
+    ``module`` is a :class:`~lightning_smart.SmartLightningModule`, measured through the forward training uses
+    (its precision and policy, its perturbation site, its ascent): ``perturbation_kl`` is ℓs(f(x + δ), f(x)) with
+    the same dropout masks on both sides, ``dropout_kl`` ℓs between two clean forwards that differ only in their
+    dropout masks. The caller chooses the random state (the mixin forks it, so training's stream is untouched).
+    """
+    site = module.smart_perturbation_site()
+    device: torch.device = module.device
+    rng = rng_snapshot(device)
+    module._smart_choose_precision(batch, site)
+    with module.smart_precision():
+        with captured(site) as clean, torch.no_grad():
+            z = module.smart_forward(batch)
+        assert clean.output is not None
+        delta, scale, _ = module.smart_perturbation(batch, batch_idx, site, clean.output, z, rng)
+        with torch.no_grad():
+            with perturbed(site, delta, scale), replayed(rng, device):
+                adv = module.smart_forward(batch)
+            other_masks = module.smart_forward(batch)
+    return {"perturbation_kl": float(module.smart_divergence(adv, z, batch)),
+            "dropout_kl": float(module.smart_divergence(other_masks, z, batch))}
 
 
 def weak_perturbation_warning(result: ProbeResult, epsilon: float, epsilon_scale: str) -> str | None:
@@ -85,4 +114,4 @@ def dropout_off_warning(model: nn.Module) -> str | None:
     )
 
 
-__all__ = ["WEAK_RATIO", "ProbeResult", "dropout_off_warning", "weak_perturbation_warning"]
+__all__ = ["WEAK_RATIO", "ProbeResult", "dropout_off_warning", "measure", "weak_perturbation_warning"]
