@@ -105,7 +105,9 @@ class SmartLightningModule:
         """L for the kind of output (see :meth:`smart_divergence`): cross-entropy for single-label logits,
         binary cross-entropy with logits (mean over labels and examples) for multi-label and one-logit binary
         outputs, mean squared error for regression outputs (:func:`lightning_smart.outputs.task_loss`)."""
-        return outputs_module.task_loss(outputs, batch["labels"], self._smart_output_kind(outputs))
+        kind = self._smart_output_kind(outputs)
+        labels = batch["labels"] if "labels" in batch or kind != "causal" else batch["input_ids"]
+        return outputs_module.task_loss(outputs, labels, kind, self.smart_padding_mask(batch))
 
     def smart_padding_mask(self, batch: Any) -> Tensor | None:
         """``[B, T]``, 1 at real tokens; ``None`` treats every position as real."""
@@ -118,11 +120,17 @@ class SmartLightningModule:
         custom model's config does not describe. Used for the ascent direction, R_s, D and the probe alike;
         ``batch`` is there for an override to use.
         """
-        return outputs_module.divergence(p, q, self._smart_output_kind(p))
+        kind = self._smart_output_kind(p)
+        weights = None
+        if kind in outputs_module.TOKEN_KINDS:
+            labels = batch.get("labels") if isinstance(batch, Mapping) else None
+            weights = outputs_module.counted(labels, self.smart_padding_mask(batch), kind, p)
+        return outputs_module.divergence(p, q, kind, weights)
 
     def _smart_output_kind(self, outputs: Tensor) -> outputs_module.OutputKind:
-        """``regression``, ``multi_label`` or ``single_label`` (:func:`lightning_smart.outputs.output_kind`)."""
-        return outputs_module.output_kind(outputs, getattr(getattr(self, "model", None), "config", None))
+        """One of :data:`lightning_smart.outputs.OutputKind` (:func:`lightning_smart.outputs.output_kind`)."""
+        model = getattr(self, "model", None)
+        return outputs_module.output_kind(outputs, getattr(model, "config", None), model)
 
     # -- where δ goes -------------------------------------------------------------------------
 
