@@ -39,11 +39,14 @@ def ref_counted_mean(values: torch.Tensor, mask: torch.Tensor, labels: torch.Ten
     return total / count
 
 
-def padded_labels(batch: dict[str, torch.Tensor], classes: int, seed: int = 3) -> torch.Tensor:
-    """Per-token labels with −100 at padding and at a few real positions (a prompt's, say)."""
+def padded_labels(batch: dict[str, torch.Tensor], classes: int, seed: int = 3, mark_padding: bool = True
+                  ) -> torch.Tensor:
+    """Per-token labels with −100 at a few real positions (a prompt's, say) and, with ``mark_padding``, at padding
+    (without it the padding mask alone must leave padding out)."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, classes, batch["input_ids"].shape, generator=g)
-    labels[batch["attention_mask"] == 0] = -100
+    if mark_padding:
+        labels[batch["attention_mask"] == 0] = -100
     labels[:, :2] = -100
     return labels
 
@@ -53,7 +56,8 @@ def test_masked_token_level_divergence_matches_a_float64_reference(kind: str) ->
     batch = token_batch(6)
     g = torch.Generator().manual_seed(0)
     p, q = torch.randn(6, SEQ, 7, generator=g) * 3, torch.randn(6, SEQ, 7, generator=g) * 3
-    labels = padded_labels(batch, 7)
+    labels = padded_labels(batch, 7, mark_padding=False)
+    assert (labels[batch["attention_mask"] == 0] != -100).any()  # padding has labels: the mask must drop them
     weights = counted(labels, batch["attention_mask"], kind, p)
     got = divergence(p, q, kind, weights)
     expected = ref_counted_mean(ref_position_kl(p, q), batch["attention_mask"], labels, kind == "causal")
@@ -103,7 +107,7 @@ def test_one_token_level_smart_step_matches_a_hand_written_float64_step(kind: st
     for e in teacher.ema.values():
         e.add_(0.05 * torch.randn(e.shape, generator=torch.Generator().manual_seed(5)))
     batch = token_batch(6)
-    batch["labels"] = padded_labels(batch, classes)
+    batch["labels"] = padded_labels(batch, classes, mark_padding=kind == "token")
     loss = task.training_step(batch, 0)
     loss.backward()
     site = task.smart_perturbation_site()
@@ -124,7 +128,8 @@ def test_one_token_level_smart_step_matches_a_hand_written_float64_step(kind: st
         return ref_counted_mean(ref_position_kl(p, q), mask, labels, kind == "causal")
 
     z = f(student, student_site)
-    logits, target = (z[:, :-1], labels[:, 1:]) if kind == "causal" else (z, labels)
+    counts = labels.masked_fill(mask == 0, -100)  # a padded position never counts, whatever its label
+    logits, target = (z[:, :-1], counts[:, 1:]) if kind == "causal" else (z, counts)
     task_loss = F.cross_entropy(logits.reshape(-1, classes), target.reshape(-1), ignore_index=-100)
     real = mask.double()[..., None]
     g = torch.Generator().manual_seed(task.smart_noise_seed(0))
