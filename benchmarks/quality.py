@@ -510,6 +510,8 @@ def adversarial_report(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+MIN_SEEDS = 3
+"""Fewer paired seeds than this make no claim, whatever their interval (one seed's interval is a point)."""
 TRAINING_RADIUS = {"mtdnn": 1.0, "mtdnn_teacher": 1.0}
 """The authors' rule has no radius: its δ is ≈ 1 per coordinate, about the token RMS, so it is judged at 1×."""
 
@@ -574,11 +576,14 @@ def radius_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, A
             robust = paired(_at(radii, radius))
             said.append(f"robust at its training radius {radius:g}: {robust[0]:+.1f} [{robust[1]:+.1f}, "
                         f"{robust[2]:+.1f}]")
-            gain = robust[1] > 0 and not losses
+            gain = robust[1] > 0 and not losses and len(mine) >= MIN_SEEDS
             said.append("**earns a robustness claim**" if gain else "no robustness claim"
                         + (f" (out of domain its interval excludes a loss on {', '.join(losses)})" if losses else ""))
-        verdicts.append(f"- {setting}: " + "; ".join(said) + ("; beats plain on validation" if val[1] > 0 else "")
-                        + ".")
+        if len(mine) < MIN_SEEDS:
+            said.append(f"{len(mine)} of the planned seeds: too few to claim anything yet")
+        elif val[1] > 0:
+            said.append("beats plain on validation")
+        verdicts.append(f"- {setting}: " + "; ".join(said) + ".")
     lines += ["", "By the rule (a robustness claim needs its interval to exclude 0 at the training radius and no "
               "out-of-domain loss whose interval excludes 0; a gain is chosen on validation and confirmed on test):",
               "", *verdicts, ""]
