@@ -176,7 +176,7 @@ def plot(rows: list[SplitRow], path: Path) -> Path | None:
         return None
     splits = list(dict.fromkeys(r.split for r in paired))
     settings = list(dict.fromkeys(r.setting for r in paired))
-    figure = Figure(figsize=(1.6 + 1.4 * len(splits) * max(1, len(settings)) ** 0.5, 4.2), layout="constrained")
+    figure = Figure(figsize=(max(6.0, 1.6 + 1.4 * len(splits) * len(settings) ** 0.5), 4.2), layout="constrained")
     axes = figure.add_subplot()
     width = 0.8 / len(settings)
     for k, setting in enumerate(settings):
