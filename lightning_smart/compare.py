@@ -155,6 +155,11 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
             assert val.diff_low is not None and val.diff_high is not None
             said = stats.verdict((val.diff_mean, val.diff_low, val.diff_high), seeds, time_ratio=val.time_ratio,
                                  failed_runs=val.failed, plain_not_peaked=unpeaked)
+            if val.diff_low > 0:  # a gain on validation: does each test split confirm it?
+                tests = [at[setting, s] for s in splits[1:] if (setting, s) in at and at[setting, s].diff_mean
+                         is not None]
+                said += "".join(f" {'Confirmed' if t.diff_low > 0 else 'Not confirmed'} on {t.split}:"  # type: ignore[operator]
+                                f" {t.diff_mean:+.1f} [{t.diff_low:+.1f}, {t.diff_high:+.1f}]." for t in tests)
             verdicts.append(f"- **{setting}**: {said}")
     points = ", ".join(f"{step}: {100 * value:.1f}" for step, value in curve)
     lines += ["", f"Plain's median validation curve (step: {metric}): {points or 'not recorded'}."]

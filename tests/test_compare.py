@@ -71,6 +71,7 @@ def test_the_report_on_fixed_runs() -> None:
     assert "| paper | 3 | 0 | 81.0 (80.0–81.5) | 81.0 (80.0–81.5) | 250 | 2.50 | 1100 |" in text
     assert "**Plain has not peaked**" in text  # its median curve: 68.0 at step 40, 78.0 at 80
     assert "- **paper**: +11.3 [" in text and "2.5× the time." in text and "plain had not peaked" in text
+    assert "Confirmed on movies: +10.3 [" in text  # test differences +1, +2, +28: the gain holds on test
     assert compare(["plain", "plain"], summaries[::2][:2]) is None  # nothing to compare with
     assert compare(["a", "b"], summaries[1::2][:2]) is None  # no plain fine-tuning among them
 
