@@ -28,9 +28,15 @@ def symmetric_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
         >>> symmetric_kl(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]]))
         tensor(0.)
     """
+    return symmetric_kl_per_row(p_logits, q_logits).mean()
+
+
+def symmetric_kl_per_row(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """The symmetric KL of :func:`symmetric_kl` for each row of the last dimension, not averaged: ``[B]`` for
+    ``[B, C]`` logits, ``[B, T]`` for per-token ``[B, T, C]`` (whose mean over counted positions is ℓs)."""
     log_p = F.log_softmax(p_logits.float(), dim=-1)
     log_q = F.log_softmax(q_logits.float(), dim=-1)
-    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1).mean()
+    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
 
 
 def squared_error(p: Tensor, q: Tensor) -> Tensor:
@@ -93,4 +99,5 @@ def symmetric_divergence(p: Tensor, q: Tensor) -> Tensor:
     return squared_error(p, q) if is_regression(p) else symmetric_kl(p, q)
 
 
-__all__ = ["bernoulli_symmetric_kl", "is_regression", "squared_error", "symmetric_divergence", "symmetric_kl"]
+__all__ = ["bernoulli_symmetric_kl", "is_regression", "squared_error", "symmetric_divergence", "symmetric_kl",
+           "symmetric_kl_per_row"]

@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_smart.config import ConfigError
-from lightning_smart.divergence import bernoulli_symmetric_kl, is_regression, squared_error, symmetric_kl
+from lightning_smart.divergence import (
+    bernoulli_symmetric_kl,
+    is_regression,
+    squared_error,
+    symmetric_kl,
+    symmetric_kl_per_row,
+)
 
 OutputKind = Literal["single_label", "multi_label", "regression", "token", "causal"]
 TOKEN_KINDS = ("token", "causal")
@@ -129,8 +135,7 @@ def divergence(p: Tensor, q: Tensor, kind: OutputKind, weights: Tensor | None = 
     (:func:`counted`; every aligned position where ``None``)."""
     if kind in TOKEN_KINDS:
         p, q = aligned(p, kind), aligned(q, kind)
-        log_p, log_q = F.log_softmax(p.float(), dim=-1), F.log_softmax(q.float(), dim=-1)
-        per_position = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+        per_position = symmetric_kl_per_row(p, q)
         if weights is None:
             return per_position.mean()
         return (per_position * weights).sum() / weights.sum().clamp_min(1.0)
