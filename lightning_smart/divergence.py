@@ -6,8 +6,14 @@ R_s needs gradients through the perturbed and the clean output alike.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def symmetric_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -33,10 +39,78 @@ def symmetric_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
 
 def symmetric_kl_per_row(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """The symmetric KL of :func:`symmetric_kl` for each row of the last dimension, not averaged: ``[B]`` for
-    ``[B, C]`` logits, ``[B, T]`` for per-token ``[B, T, C]`` (whose mean over counted positions is ℓs)."""
-    log_p = F.log_softmax(p_logits.float(), dim=-1)
-    log_q = F.log_softmax(q_logits.float(), dim=-1)
-    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+    ``[B, C]`` logits, ``[B, T]`` for per-token ``[B, T, C]`` (whose mean over counted positions is ℓs).
+
+    Computed in float32 (float64 for float64 logits) by :class:`SymmetricKL`, which keeps nothing of the
+    softmax for backward: a vocabulary-sized output costs no ``[B, T, V]`` tensor beyond the logits themselves.
+    """
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(f"ℓs compares outputs of one shape, not {tuple(p_logits.shape)} and {tuple(q_logits.shape)}")
+    if p_logits.ndim == 1:
+        return SymmetricKL.apply(p_logits.unsqueeze(0), q_logits.unsqueeze(0)).squeeze(0)
+    return SymmetricKL.apply(p_logits, q_logits)
+
+
+CHUNK_ELEMENTS = 1 << 20
+"""Logits per chunk of :class:`SymmetricKL` (4 MiB in float32): the largest temporary it allocates is a few chunks."""
+
+
+def _chunks(x: Tensor) -> Iterator[tuple[Any, ...]]:
+    """Indices of blocks of whole rows of ``x`` (``[..., C]``, at least 2-D), each a view of ≈ CHUNK_ELEMENTS,
+    never a copy: a causal LM's shifted logits ``z[:, :-1]`` are read in place."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    for outer in itertools.product(*(range(n) for n in x.shape[:-2])):
+        for start in range(0, x.shape[-2], rows):
+            yield (*outer, slice(start, start + rows))
+
+
+class SymmetricKL(torch.autograd.Function):
+    r"""Per-row symmetric KL of two logit tensors ``[..., C]`` that saves only the two logits for backward.
+
+    Autograd through ``log_softmax``, ``exp`` and the products would keep several float32 tensors of the logits'
+    size; this recomputes the softmax in backward, chunk by chunk, from the closed form (P = softmax(p),
+    Q = softmax(q), A = log P − log Q):
+
+    .. math::
+        rac{\partial \ell}{\partial p} = P \odot (A - \langle P, A
+angle) + (P - Q),\qquad
+        rac{\partial \ell}{\partial q} = -Q \odot (A - \langle Q, A
+angle) - (P - Q)
+
+    Once differentiable (the step never differentiates ℓs twice).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, q: Tensor) -> Tensor:
+        dtype = torch.promote_types(p.dtype, torch.float32)
+        out = torch.empty(p.shape[:-1], dtype=dtype, device=p.device)
+        for index in _chunks(p):
+            log_p = F.log_softmax(p[index].to(dtype), dim=-1)
+            log_q = F.log_softmax(q[index].to(dtype), dim=-1)
+            out[index] = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+        ctx.save_for_backward(p, q)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        p, q = ctx.saved_tensors
+        want_p, want_q = ctx.needs_input_grad
+        grad_p = torch.empty(p.shape, dtype=p.dtype, device=p.device) if want_p else None
+        grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device) if want_q else None
+        for index in _chunks(p):
+            g = grad[index].unsqueeze(-1)
+            log_p = F.log_softmax(p[index].to(g.dtype), dim=-1)
+            log_q = F.log_softmax(q[index].to(g.dtype), dim=-1)
+            prob_p, prob_q, log_ratio = log_p.exp(), log_q.exp(), log_p - log_q
+            diff = prob_p - prob_q
+            if grad_p is not None:
+                centred = log_ratio - (prob_p * log_ratio).sum(-1, keepdim=True)
+                grad_p[index] = g * (prob_p * centred + diff)
+            if grad_q is not None:
+                centred = log_ratio - (prob_q * log_ratio).sum(-1, keepdim=True)
+                grad_q[index] = -g * (prob_q * centred + diff)
+        return grad_p, grad_q
 
 
 def squared_error(p: Tensor, q: Tensor) -> Tensor:
@@ -99,5 +173,5 @@ def symmetric_divergence(p: Tensor, q: Tensor) -> Tensor:
     return squared_error(p, q) if is_regression(p) else symmetric_kl(p, q)
 
 
-__all__ = ["bernoulli_symmetric_kl", "is_regression", "squared_error", "symmetric_divergence", "symmetric_kl",
-           "symmetric_kl_per_row"]
+__all__ = ["SymmetricKL", "bernoulli_symmetric_kl", "is_regression", "squared_error", "symmetric_divergence",
+           "symmetric_kl", "symmetric_kl_per_row"]

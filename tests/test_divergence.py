@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
-from lightning_smart import bernoulli_symmetric_kl, squared_error, symmetric_divergence, symmetric_kl
+from lightning_smart import (
+    bernoulli_symmetric_kl,
+    divergence,
+    outputs,
+    squared_error,
+    symmetric_divergence,
+    symmetric_kl,
+)
+from lightning_smart.divergence import SymmetricKL
+from lightning_smart.outputs import IGNORE_INDEX, counted
 
 
 def reference_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -119,3 +130,60 @@ def test_bernoulli_symmetric_kl_stays_finite_and_exact_for_large_logits() -> Non
     expected = torch.sigmoid(torch.tensor(-20.0, dtype=torch.float64)) - torch.sigmoid(torch.tensor(-21.0).double())
     assert near_one > 0
     torch.testing.assert_close(near_one.double(), expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])  # many chunks (rows split across them) and one
+def test_the_memory_saving_symmetric_kl_passes_gradcheck_in_float64(chunk: int, monkeypatch: pytest.MonkeyPatch
+                                                                    ) -> None:
+    monkeypatch.setattr(divergence, "CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    p = (2 * torch.randn(2, 6, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    q = (2 * torch.randn(2, 6, 5, generator=g, dtype=torch.float64)).requires_grad_()
+    # as a causal LM's shifted logits reach it: a view that is not contiguous; and with one side a constant
+    assert torch.autograd.gradcheck(lambda a, b: SymmetricKL.apply(a[:, :-1], b[:, :-1]), (p, q))
+    assert torch.autograd.gradcheck(lambda a: SymmetricKL.apply(a, q.detach()), (p,))
+    rows = SymmetricKL.apply(p, q)
+    expected = torch.stack([reference_symmetric_kl(p[i, t:t + 1], q[i, t:t + 1]) for i in range(2) for t in range(6)])
+    torch.testing.assert_close(rows.reshape(-1), expected, rtol=1e-12, atol=1e-14)
+
+
+def _saved_tensors(fn: Any, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn(*inputs)
+    return saved
+
+
+def test_the_vocabulary_sized_divergence_saves_no_softmax_for_backward() -> None:
+    """What autograd keeps of ℓs on [B, T, V] logits: every saved tensor of V-sized rows is one of the two logits
+    tensors themselves (same storage), none a softmax, log-softmax or product of them."""
+    batch, tokens, vocab = 2, 9, 1000
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(batch, tokens, vocab, generator=g).requires_grad_()
+    q = torch.randn(batch, tokens, vocab, generator=g).requires_grad_()
+    labels = torch.randint(vocab, (batch, tokens), generator=g)
+    labels[0, :3] = IGNORE_INDEX
+    weights = counted(labels, None, "causal", p)
+
+    def vocabulary_sized(saved: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t for t in saved if t.shape[-1:] == (vocab,) and t.numel() >= batch * (tokens - 1) * vocab]
+
+    def new_storage(saved: list[torch.Tensor]) -> list[torch.Tensor]:
+        inputs = {p.untyped_storage().data_ptr(), q.untyped_storage().data_ptr()}
+        return [t for t in saved if t.untyped_storage().data_ptr() not in inputs]
+
+    ours = vocabulary_sized(_saved_tensors(lambda a, b: outputs.divergence(a, b, "causal", weights), p, q))
+    assert ours and not new_storage(ours)  # the two logits are saved, in place, and nothing else of their size
+
+    def autograd_through_softmax(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # what the check would catch
+        log_a, log_b = torch.log_softmax(a[:, :-1], -1), torch.log_softmax(b[:, :-1], -1)
+        return (((log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(-1) * weights).sum() / weights.sum()
+
+    assert len(new_storage(vocabulary_sized(_saved_tensors(autograd_through_softmax, p, q)))) >= 4
+    value = outputs.divergence(p, q, "causal", weights)
+    torch.testing.assert_close(value, autograd_through_softmax(p, q), rtol=1e-5, atol=1e-7)
