@@ -86,7 +86,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
                          weight_decay=cfg.model.weight_decay, warmup_ratio=cfg.model.warmup_ratio,
                          model_overrides=OmegaConf.to_container(cfg.model.config),  # type: ignore[arg-type]
                          test_names=checked.data.test_names, pad_token_id=checked.data.tokenizer.pad_token_id)
-    if checked.smart.lambda_s > 0:
+    if checked.smart.acts:
         model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
     if cfg.ckpt_path is not None:
         check_checkpoint(cfg.ckpt_path, model)

@@ -49,9 +49,10 @@ class SplitRow:
 
 
 def is_plain(summary: dict[str, Any]) -> bool:
-    """A run of plain fine-tuning: no R_s (``smart.lambda_s = 0``) and no teacher."""
+    """A run of plain fine-tuning: no R_s (``smart.lambda_s = 0``), no NEFTune noise and no teacher."""
     config = summary["config"]
-    return float(config["smart"]["lambda_s"]) == 0 and config.get("teacher") is None
+    smart = config["smart"]
+    return float(smart["lambda_s"]) == 0 and float(smart.get("neftune_alpha", 0)) == 0 and config.get("teacher") is None
 
 
 def _failed(summary: dict[str, Any]) -> bool:

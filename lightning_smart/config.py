@@ -67,6 +67,9 @@ class SmartConfig:
             ramp-up, w(t) = exp(−5 (1 − t / (rampup·T))²); 0 (default) is no ramp (0 to 1).
         every_n_steps: k, lazy regularization (StyleGAN2): R_s and D only on every k-th optimizer step, with
             weights λs·k and μ·k; the other steps are plain steps; 1 (default) is every step (≥ 1).
+        neftune_alpha: α of NEFTune (Jain et al., 2023): the task forward of every training step sees uniform
+            noise U(−1, 1)·α/√(L·d) on the input embeddings (L an example's real tokens, d the width); never at
+            evaluation. 0 (default) is off; > 0 needs ``lambda_s = 0`` (the ``neftune`` preset: α = 5).
     """
 
     lambda_s: float = 1.0
@@ -84,6 +87,7 @@ class SmartConfig:
     probe: bool = True
     rampup: float = 0.0
     every_n_steps: int = 1
+    neftune_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         g = "smart"
@@ -108,6 +112,19 @@ class SmartConfig:
         _fraction(g, "rampup", self.rampup)
         k = self.every_n_steps
         _check(g, "every_n_steps", k, isinstance(k, int) and not isinstance(k, bool) and k >= 1, "an integer ≥ 1")
+        _number(g, "neftune_alpha", self.neftune_alpha)
+        _check(g, "neftune_alpha", self.neftune_alpha, self.neftune_alpha >= 0, "≥ 0 (0: no NEFTune noise)")
+        if self.neftune_alpha > 0 and self.lambda_s > 0:
+            raise ConfigError(
+                f"smart.neftune_alpha={self.neftune_alpha:g} with smart.lambda_s={self.lambda_s:g}: NEFTune's noise on"
+                " the task forward would also move the clean output that R_s compares with; choose one, smart=neftune"
+                " (λs = 0, the teacher allowed) or smart.neftune_alpha=0"
+            )
+
+    @property
+    def acts(self) -> bool:
+        """Whether the step differs from plain fine-tuning without a teacher: R_s or NEFTune's noise is on."""
+        return self.lambda_s > 0 or self.neftune_alpha > 0
 
 
 @dataclass

@@ -32,7 +32,7 @@ def requiring_smart_loss(step: Callable[..., Any], owner: str) -> Callable[..., 
             self._smart_step_depth -= 1
         if out is None and self.automatic_optimization:
             return out  # Lightning skips this batch: the check waits for a step that returns a loss
-        if self._smart_loss_calls == calls and (self.smart.lambda_s > 0 or self.smart_teacher is not None):
+        if self._smart_loss_calls == calls and (self.smart.acts or self.smart_teacher is not None):
             raise TypeError(
                 f"{owner}.training_step replaces SmartLightningModule's but did not call self.smart_loss(batch,"
                 " batch_idx): SMART would silently do nothing. Either compute `loss = self.smart_loss(batch,"

@@ -26,6 +26,7 @@ from lightning_smart.perturbation import (
     ascent_step,
     captured,
     find_site,
+    noised,
     per_example_norm,
     perturbed,
     replayed,
@@ -141,6 +142,19 @@ class SmartLightningModule:
             self._smart_site = key, find_site(self, self.smart.perturb_at)  # type: ignore[arg-type]
         return self._smart_site[1]
 
+    def _smart_task_forward(self, batch: Any, batch_idx: int) -> Tensor:
+        """The task's forward of a training step: :meth:`smart_forward`, with NEFTune's noise on the input
+        embeddings where ``smart.neftune_alpha`` > 0 (a transformers model's ``get_input_embeddings()``, as Hugging
+        Face's NEFTune hooks it; else the perturbation site), seeded as the σ-noise is."""
+        alpha = self.smart.neftune_alpha
+        if alpha == 0:
+            return self.smart_forward(batch)
+        model = getattr(self, "model", None)
+        auto = self.smart.perturb_at == "auto" and callable(getattr(model, "get_input_embeddings", None))
+        site = model.get_input_embeddings() if auto else self.smart_perturbation_site()  # type: ignore[union-attr]
+        with noised(site, self.smart_padding_mask(batch), alpha, self.smart_noise_seed(batch_idx)):
+            return self.smart_forward(batch)
+
     def smart_noise_seed(self, batch_idx: int) -> int:
         """Seed of the σ-noise of this micro-batch: a function of the seed, the process's rank and the step.
 
@@ -175,7 +189,7 @@ class SmartLightningModule:
         step = int(self.global_step)  # type: ignore[attr-defined]
         # Lazy regularization: R_s and D on every k-th optimizer step only (all its micro-batches), weighted × k.
         if (cfg.lambda_s == 0 and teacher is None) or step % cfg.every_n_steps:  # a plain step, bit for bit
-            outputs = self.smart_forward(batch)
+            outputs = self._smart_task_forward(batch, batch_idx)
             task_loss = self.smart_task_loss(outputs, batch)
             self._smart_log({"train/loss": task_loss, "train/task_loss": task_loss})
             return task_loss
@@ -197,7 +211,7 @@ class SmartLightningModule:
         with captured(site) as clean:
             if cfg.shared_dropout:
                 rng = rng_snapshot(self.device)  # type: ignore[attr-defined]
-            z = self.smart_forward(batch)
+            z = self._smart_task_forward(batch, batch_idx)
         if clean.output is None:
             raise ConfigError(
                 f"smart.perturb_at={cfg.perturb_at!r}: the submodule {type(site).__name__} was not called by"

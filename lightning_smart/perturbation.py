@@ -139,6 +139,35 @@ def perturbed(module: nn.Module, delta: Tensor, scale: Tensor | None = None) -> 
         handle.remove()
 
 
+def neftune_noise(like: Tensor, mask: Tensor | None, alpha: float, seed: int) -> Tensor:
+    """NEFTune's noise for embeddings ``like`` ``[B, T, d]``: U(−1, 1)·α/√(L·d), L each example's real tokens
+    (``mask``'s sum; T without a mask), zero at padding; float32, from a generator seeded by ``seed``."""
+    generator = torch.Generator(device=like.device).manual_seed(seed)
+    noise = torch.rand(like.shape, generator=generator, device=like.device, dtype=torch.float32).mul_(2).sub_(1)
+    if mask is None:
+        real = torch.full((like.shape[0],), float(like.shape[1]), device=like.device)
+    else:
+        real = mask.to(like.device).float().sum(-1).clamp_min(1.0)
+    scale = alpha / (real * like.shape[-1]).sqrt()
+    return noise.mul_(scale.reshape(-1, *([1] * (like.ndim - 1)))).mul_(expand_mask(mask, like))
+
+
+@contextmanager
+def noised(module: nn.Module, mask: Tensor | None, alpha: float, seed: int) -> Iterator[None]:
+    """Within the block, ``module``'s output gets :func:`neftune_noise` (drawn at each call, from ``seed``)."""
+
+    def hook(_: nn.Module, __: Any, output: Any) -> Any:
+        first = output[0] if isinstance(output, tuple) else output
+        out = first + neftune_noise(first, mask, alpha, seed).to(first.dtype)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class Capture:
     """The last output of a submodule, recorded by :func:`captured` (its graph kept)."""
 
