@@ -45,11 +45,22 @@ class Checked:
     metric: str
 
 
+METRICS = {"sft": ("loss", "perplexity", "token_acc"), "tokens": ("f1", "precision", "recall", "acc")}
+"""What each kind of token-level data's task logs under ``val/`` (the first is the default ``metric``)."""
+
+
 def _metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
-    names = ("pearson", "spearman") if cfg.data.num_labels == 1 else ("acc", "f1", "mcc")
-    allowed = [f"val/{name}" for name in (*names, "loss")]
+    try:
+        kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
+    except Exception:  # an unimportable data._target_: instantiating it names the error
+        kind = "sequence"
+    if kind in METRICS:
+        names: tuple[str, ...] = METRICS[kind]
+    else:
+        names = ("pearson", "spearman") if cfg.data.num_labels == 1 else ("acc", "f1", "mcc")
+    allowed = list(dict.fromkeys(f"val/{name}" for name in (*names, "loss")))
     if teacher is not None and teacher.validate:
-        allowed += [f"val/{name}_teacher" for name in names]
+        allowed += [f"val/{name}_teacher" for name in names if name != "loss"]
     metric = cfg.metric or allowed[0]
     if metric not in allowed:
         raise ConfigError(f"metric={metric!r} is not logged by this run: one of {', '.join(allowed)}")

@@ -41,7 +41,8 @@ from lightning_smart.checks import (
     check_once,
     refuse_relaunch_under_multirun,
 )
-from lightning_smart.config import ConfigError
+from lightning_smart.config import ConfigError, SmartConfig
+from lightning_smart.data import SFTDataModule, TaggingDataModule
 from lightning_smart.export import (
     AtomicCheckpointIO,
     PeakMemory,
@@ -51,10 +52,10 @@ from lightning_smart.export import (
     write_json,
 )
 from lightning_smart.schema import register_configs
-from lightning_smart.tasks import SequenceTask
+from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 
-__all__ = ["AtomicCheckpointIO", "CheckBeforeRun", "Run", "build", "check", "main", "train"]
+__all__ = ["AtomicCheckpointIO", "CheckBeforeRun", "Run", "build", "check", "main", "make_task", "train"]
 register_configs()
 
 
@@ -67,11 +68,28 @@ class Run:
     """A run ready to fit: :func:`check`'s results, the model and a Trainer with its callbacks and loggers."""
 
     checked: Checked
-    model: SequenceTask
+    model: FineTuneTask
     trainer: pl.Trainer
     checkpoint: ModelCheckpoint | None
     validation: ValidationStep
     teacher: EMATeacherCallback | None
+
+
+def make_task(cfg: DictConfig, checked: Checked, smart: SmartConfig) -> FineTuneTask:
+    """The task the data call for: :class:`SequenceTask`, :class:`CausalLMTask` (``data=sft``) or
+    :class:`TokenTask` (``data=tokens``), with the model, optimizer and LoRA settings of ``cfg.model``."""
+    data = checked.data
+    common: dict[str, Any] = {
+        "smart": smart, "lr": cfg.model.lr, "weight_decay": cfg.model.weight_decay,
+        "warmup_ratio": cfg.model.warmup_ratio, "model_overrides": OmegaConf.to_container(cfg.model.config),
+        "test_names": data.test_names, "pad_token_id": data.tokenizer.pad_token_id,
+        "lora": OmegaConf.to_container(cfg.model.lora) or None,
+    }
+    if isinstance(data, SFTDataModule):
+        return CausalLMTask(cfg.model.name_or_path, **common)
+    if isinstance(data, TaggingDataModule):
+        return TokenTask(cfg.model.name_or_path, data.label_names, **common)
+    return SequenceTask(cfg.model.name_or_path, num_labels=cfg.data.num_labels, **common)
 
 
 def build(cfg: DictConfig, output_dir: str | Path) -> Run:
@@ -82,10 +100,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     # The probe ran in the run being resumed; run again, its dropout draws would shift the random stream that
     # RandomState restores, and the resumed run would no longer be the one that never stopped.
     smart = checked.smart if cfg.ckpt_path is None else dataclasses.replace(checked.smart, probe=False)
-    model = SequenceTask(cfg.model.name_or_path, num_labels=cfg.data.num_labels, smart=smart, lr=cfg.model.lr,
-                         weight_decay=cfg.model.weight_decay, warmup_ratio=cfg.model.warmup_ratio,
-                         model_overrides=OmegaConf.to_container(cfg.model.config),  # type: ignore[arg-type]
-                         test_names=checked.data.test_names, pad_token_id=checked.data.tokenizer.pad_token_id)
+    model = make_task(cfg, checked, smart)
     if checked.smart.acts:
         model.smart_perturbation_site()  # a bad smart.perturb_at fails here, not after the first step
     if cfg.ckpt_path is not None:

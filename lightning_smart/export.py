@@ -4,13 +4,14 @@
 - :class:`LastCheckpoint` keeps ``checkpoints/last.ckpt`` (the latest validation, to resume), a hard link to the best
   checkpoint when both are the same step: one file on disk, two names;
 - :func:`export_pretrained` writes ``model/`` (the final student) and ``teacher/`` (the student's model with the
-  EMA tensors in place of its trainable weights), each with the tokenizer, for
-  ``AutoModelForSequenceClassification.from_pretrained``;
+  EMA tensors in place of its trainable weights), each with the tokenizer, for the task's ``Auto`` class (with a
+  LoRA adapter: merged in, and ``adapter/`` the adapter alone);
 - :func:`summarize`, :func:`write_json` and :func:`print_summary`: ``summary.json``, and its table.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -130,23 +131,41 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return folder
 
 
+def _merged(model: nn.Module) -> PreTrainedModel:
+    """A PEFT model's base model with its adapter merged in, on a copy (training goes on with the adapter)."""
+    return copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
+
+
 def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path,
                       ema: dict[str, Tensor] | None = None) -> dict[str, str]:
     """``out/model`` (the student's current weights) and, given the teacher's ``ema``, ``out/teacher``.
 
+    With a LoRA adapter (peft), ``model/`` and ``teacher/`` hold the base model with the adapter merged in, for the
+    ``Auto`` classes, and ``adapter/`` the student's adapter alone (for ``PeftModel.from_pretrained``).
+
     Args:
-        model: the LightningModule; its ``model`` attribute is the transformers model.
+        model: the LightningModule; its ``model`` attribute is the transformers (or PEFT) model.
         tokenizer: saved in each folder.
         out: the run's folder.
         ema: :attr:`EMATeacherCallback.ema`, or ``None`` for no teacher folder.
 
     Returns:
-        The folders written, relative to ``out``: ``{"model": "model", "teacher": "teacher"}``.
+        The folders written, relative to ``out``: ``{"model": "model", "teacher": "teacher", "adapter": "adapter"}``.
     """
     hf_model: PreTrainedModel = model.model  # type: ignore[assignment]
-    folders = {"model": save_pretrained(hf_model, tokenizer, out / "model")}
-    if ema:
-        folders["teacher"] = save_pretrained(hf_model, tokenizer, out / "teacher", teacher_state_dict(hf_model, ema))
+    folders: dict[str, Path] = {}
+    if callable(getattr(hf_model, "merge_and_unload", None)):  # a PEFT model
+        folders["adapter"] = save_pretrained(hf_model, tokenizer, out / "adapter")
+        folders["model"] = save_pretrained(_merged(hf_model), tokenizer, out / "model")
+        if ema:
+            teacher = copy.deepcopy(hf_model)
+            teacher.load_state_dict(teacher_state_dict(hf_model, ema))
+            folders["teacher"] = save_pretrained(_merged(teacher), tokenizer, out / "teacher")
+    else:
+        folders["model"] = save_pretrained(hf_model, tokenizer, out / "model")
+        if ema:
+            folders["teacher"] = save_pretrained(hf_model, tokenizer, out / "teacher",
+                                                 teacher_state_dict(hf_model, ema))
     return {name: os.path.relpath(path, out) for name, path in folders.items()}
 
 
@@ -184,7 +203,8 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "peak_memory": peak_memory,
         "files": {"metrics_csv": os.path.relpath(Path(csv[0].log_dir) / "metrics.csv", out) if csv else None,
                   "last_checkpoint": os.path.relpath(Path(str(last[0].dirpath)) / "last.ckpt", out) if last else None,
-                  "model": exported.get("model"), "teacher": exported.get("teacher")},
+                  "model": exported.get("model"), "teacher": exported.get("teacher"),
+                  "adapter": exported.get("adapter")},
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,

@@ -27,6 +27,8 @@ class ModelConf:
         lr: AdamW's peak learning rate.
         weight_decay: AdamW's weight decay.
         warmup_ratio: fraction of the optimizer steps of linear warm-up.
+        lora: ``peft.LoraConfig``'s arguments (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``...) to
+            train a LoRA adapter only (needs peft), e.g. ``+model.lora.r=8``; empty (default) trains every weight.
     """
 
     name_or_path: str = MISSING
@@ -34,6 +36,7 @@ class ModelConf:
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    lora: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,7 +46,7 @@ class DataConf:
     _target_: str = "lightning_smart.data.TextDataModule"
     source: str = "movies"
     tokenizer: str | None = "${model.name_or_path}"
-    num_labels: int = 2
+    num_labels: int | None = 2
     path: str | None = None
     val_path: str | None = None
     test_path: str | None = None
@@ -64,6 +67,29 @@ class DataConf:
     ood: list[str] = field(default_factory=list)
     ood_size: int | None = None
     num_workers: int = 0
+
+
+@dataclass
+class SFTDataConf(DataConf):
+    """``data=sft``: :class:`~lightning_smart.data.SFTDataModule`'s arguments, prompt/response pairs."""
+
+    _target_: str = "lightning_smart.data.SFTDataModule"
+    source: str = "moviedialog"
+    num_labels: int | None = None
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    prompt_template: str = "{prompt}\n"
+
+
+@dataclass
+class TaggingDataConf(DataConf):
+    """``data=tokens``: :class:`~lightning_smart.data.TaggingDataModule`'s arguments, words and their tags."""
+
+    _target_: str = "lightning_smart.data.TaggingDataModule"
+    source: str = "jsonl"
+    num_labels: int | None = None
+    text_column: str = "words"
+    label_column: str = "tags"
 
 
 @dataclass
@@ -145,6 +171,9 @@ class AppConfig:
 
 def register_configs() -> None:
     """Store the schema as ``app_schema`` (``conf/config.yaml`` starts from it) and add ``${package_dir:...}``."""
-    ConfigStore.instance().store(name="app_schema", node=AppConfig)
+    store = ConfigStore.instance()
+    store.store(name="app_schema", node=AppConfig)
+    store.store(group="data", name="sft_schema", node=SFTDataConf)
+    store.store(group="data", name="tokens_schema", node=TaggingDataConf)
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", lambda name: str(package_dir(name)))

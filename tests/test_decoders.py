@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from lightning_smart.data.sources import load_snippets
-from lightning_smart.tasks.sequence import parameter_groups
+from lightning_smart.tasks.base import parameter_groups
 
 
 def _tokenizer(padding_side: str) -> PreTrainedTokenizerFast:

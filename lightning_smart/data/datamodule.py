@@ -152,27 +152,38 @@ class TextDataModule(pl.LightningDataModule):
         """The constructor's arguments, as ``save_hyperparameters`` recorded them (and checkpoints keep them)."""
         return cast(AttributeDict, self.hparams)
 
-    def _check(self) -> None:
+    kind = "sequence"
+    """What the examples are: ``sequence`` (one label per text), ``sft`` or ``tokens``
+    (:mod:`lightning_smart.data.tokens`); the app picks the task by it."""
+    sources: tuple[str, ...] = SOURCES
+
+    def _check_sizes(self, *optional: str) -> None:
+        """The sizes and counts every kind of data has; ``optional`` ones may also be ``None``."""
         hp = self.args
-        if hp.source not in SOURCES:
-            raise DataError(f"data.source={hp.source!r} is not allowed: one of {', '.join(SOURCES)}")
-        positive = {"num_labels": hp.num_labels, "max_length": hp.max_length, "batch_size": hp.batch_size,
-                    "eval_batch_size": hp.eval_batch_size, "train_size": hp.train_size, "ood_size": hp.ood_size}
+        positive = {"max_length": hp.max_length, "batch_size": hp.batch_size, "eval_batch_size": hp.eval_batch_size,
+                    "train_size": hp.train_size, "ood_size": hp.ood_size, "num_labels": hp.num_labels}
         for key, value in positive.items():
-            if value is None and key in ("train_size", "ood_size"):
+            if value is None and key in ("train_size", "ood_size", *optional):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DataError(f"data.{key}={value!r} is not allowed: an integer ≥ 1")
         if not isinstance(hp.num_workers, int) or isinstance(hp.num_workers, bool) or hp.num_workers < 0:
             raise DataError(f"data.num_workers={hp.num_workers!r} is not allowed: an integer ≥ 0 (0: no workers)")
+        if hp.source not in self.sources:
+            raise DataError(f"data.source={hp.source!r} is not allowed for {type(self).__name__}: one of"
+                            f" {', '.join(self.sources)}")
+        if hp.source in (*FILE_SOURCES, "hub") and not hp.path:
+            what = "the dataset's name" if hp.source == "hub" else "the file"
+            raise DataError(f"data.path is required for data.source={hp.source}: {what}")
+
+    def _check(self) -> None:
+        hp = self.args
+        self._check_sizes()
         if hp.source in SNIPPETS and hp.num_labels not in (1, 2):
             raise DataError(f"data.num_labels={hp.num_labels} is not allowed for data.source={hp.source}: 2 (the"
                             " rating's sign) or 1 (the rating, regression)")
         if hp.source == "trec" and hp.num_labels != len(TREC_CLASSES):
             raise DataError(f"data.num_labels={hp.num_labels} is not allowed for data.source=trec: 6 (coarse classes)")
-        if hp.source in (*FILE_SOURCES, "hub") and not hp.path:
-            what = "the dataset's name" if hp.source == "hub" else "the file"
-            raise DataError(f"data.path is required for data.source={hp.source}: {what}")
         if hp.label_names is not None and len(hp.label_names) != hp.num_labels:
             raise DataError(f"data.label_names has {len(hp.label_names)} names but data.num_labels={hp.num_labels}")
         unknown = [name for name in self.ood if name not in SNIPPETS]
@@ -228,7 +239,8 @@ class TextDataModule(pl.LightningDataModule):
             self._splits = self._load()
         return self._splits
 
-    def _load(self) -> Splits:
+    def _read(self) -> tuple[Examples, dict[str, Examples], dict[str, int]]:
+        """The main examples, the separately given splits (``val``, ``test``), and what each source dropped."""
         hp = self.args
         given: dict[str, Examples] = {}
         dropped: dict[str, int] = {}
@@ -243,6 +255,11 @@ class TextDataModule(pl.LightningDataModule):
                     given[split] = load_file(hp[key], hp.source, self.columns, key=f"data.{key}")
         else:
             main, given = self._load_hub()
+        return main, given, dropped
+
+    def _load(self) -> Splits:
+        hp = self.args
+        main, given, dropped = self._read()
         train, val, test = split_indices(len(main), 0 if "val" in given else hp.val_size,
                                          0 if "test" in given else hp.test_size, hp.split_seed)
         self.stats["train_available"] = len(train)
@@ -262,7 +279,8 @@ class TextDataModule(pl.LightningDataModule):
                                                                                               keep)))
         self.stats |= {"train": len(splits.train), "val": len(splits.val),
                        "test": {name: len(examples) for name, examples in splits.test.items()}}
-        if hp.num_labels > 1:  # the failed-run rule's floor: what always predicting the commonest class scores
+        # the failed-run rule's floor: what always predicting the commonest class scores
+        if self.kind == "sequence" and hp.num_labels > 1:
             counts = Counter(splits.val.labels)
             self.stats["val_majority"] = round(max(counts.values()) / len(splits.val), 6)
         if hp.num_labels == 2 and dropped:
@@ -308,7 +326,7 @@ class TextDataModule(pl.LightningDataModule):
         hp = self.args
         if not train:
             return DataLoader(features, batch_size=hp.eval_batch_size,  # type: ignore[arg-type]
-                              collate_fn=DataCollatorWithPadding(self.tokenizer), num_workers=hp.num_workers,
+                              collate_fn=self._collator(), num_workers=hp.num_workers,
                               persistent_workers=hp.num_workers > 0)
         # Seeded by the run's seed (seed_everything), so the order needs no global random state; the loader's own
         # generator seeds its workers without drawing from the global one either, which a resume restores.
@@ -320,11 +338,15 @@ class TextDataModule(pl.LightningDataModule):
             features,  # type: ignore[arg-type]
             batch_size=hp.batch_size,
             sampler=sampler,
-            collate_fn=DataCollatorWithPadding(self.tokenizer),
+            collate_fn=self._collator(),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
             generator=torch.Generator().manual_seed(seed),
         )
+
+    def _collator(self) -> Any:
+        """Pads each batch to its longest sequence, on the tokenizer's side."""
+        return DataCollatorWithPadding(self.tokenizer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._features["train"], train=True)

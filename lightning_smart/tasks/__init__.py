@@ -1,5 +1,7 @@
 """Ready LightningModules built on the SMART mixin."""
 
+from lightning_smart.tasks.base import FineTuneTask
 from lightning_smart.tasks.sequence import SequenceTask
+from lightning_smart.tasks.tokens import CausalLMTask, TokenTask
 
-__all__ = ["SequenceTask"]
+__all__ = ["CausalLMTask", "FineTuneTask", "SequenceTask", "TokenTask"]
