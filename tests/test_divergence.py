@@ -141,6 +141,8 @@ def test_the_memory_saving_symmetric_kl_passes_gradcheck_in_float64(chunk: int, 
     q = (2 * torch.randn(2, 6, 5, generator=g, dtype=torch.float64)).requires_grad_()
     # as a causal LM's shifted logits reach it: a view that is not contiguous; and with one side a constant
     assert torch.autograd.gradcheck(lambda a, b: SymmetricKL.apply(a[:, :-1], b[:, :-1]), (p, q))
+    assert torch.autograd.gradcheck(lambda a, b: SymmetricKL.apply(a, b, True), (p, q))  # the shift done inside
+    torch.testing.assert_close(SymmetricKL.apply(p, q, True), SymmetricKL.apply(p[:, :-1], q[:, :-1]), rtol=0, atol=0)
     assert torch.autograd.gradcheck(lambda a: SymmetricKL.apply(a, q.detach()), (p,))
     rows = SymmetricKL.apply(p, q)
     expected = torch.stack([reference_symmetric_kl(p[i, t:t + 1], q[i, t:t + 1]) for i in range(2) for t in range(6)])

@@ -69,11 +69,11 @@ def test_the_causal_shift_compares_the_predictions_of_the_next_token() -> None:
     labels = padded_labels(batch, 7)
     p = torch.randn(4, SEQ, 7, generator=torch.Generator().manual_seed(1))
     last = p.clone()
-    last[:, -1] += 5.0  # the last output predicts no token: a causal LM compares nothing there
+    last[:, -1, 0] += 5.0  # the last output predicts no token: a causal LM compares nothing there
     assert divergence(p, last, "causal", counted(labels, batch["attention_mask"], "causal", p)) == 0
     assert divergence(p, last, "token", None) > 0
     first = p.clone()
-    first[:, 1] += 5.0  # predicts token 2, which counts; position 1's own label is −100
+    first[:, 1, 0] += 5.0  # predicts token 2, which counts; position 1's own label is −100
     token_weights = counted(labels, batch["attention_mask"], "token", p)
     assert divergence(p, first, "token", token_weights) == 0
     assert divergence(p, first, "causal", counted(labels, batch["attention_mask"], "causal", p)) > 0
