@@ -63,13 +63,18 @@ def _failed(summary: dict[str, Any]) -> bool:
     return majority is not None and "acc" in val and stats.failed(val["acc"], majority=majority)
 
 
+def lower_is_better(metric: str) -> bool:
+    """A loss or a perplexity (``data=sft``'s ``val/loss``): a gain is a decrease, reported in the metric's units."""
+    return metric.removeprefix("val/").endswith(("loss", "perplexity"))
+
+
 def _scores(summary: dict[str, Any], metric: str) -> dict[str, float]:
-    """The monitored metric (points) on validation and on each test split."""
-    name = metric.removeprefix("val/")
-    scores = {"validation": 100 * float(summary["score"])}
+    """The monitored metric on validation and on each test split: points (×100), or a loss's own units."""
+    name, scale = metric.removeprefix("val/"), 1.0 if lower_is_better(metric) else 100.0
+    scores = {"validation": scale * float(summary["score"])}
     for split, values in summary["test"].items():
         if name in values:
-            scores[split] = 100 * float(values[name])
+            scores[split] = scale * float(values[name])
     return scores
 
 
@@ -99,7 +104,8 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
     seconds = {s: statistics.median(m["wall_time_s"] for m in mine) for s, mine in runs.items()}
     memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in runs.items()}
     curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in runs[plain_name]])
-    unpeaked = stats.not_peaked(curve)
+    better = -1.0 if lower_is_better(metric) else 1.0  # differences are signed so that + is always a gain
+    unpeaked = stats.not_peaked([(step, better * value) for step, value in curve])
 
     rows: list[SplitRow] = []
     for setting in settings:
@@ -111,8 +117,9 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
             if not values:
                 continue
             median, q1, q3 = stats.quartiles(values)
-            diffs = stats.paired_differences({k: v[split] for k, v in by_seed[setting].items() if split in v},
-                                             {k: v[split] for k, v in by_seed[plain_name].items() if split in v})
+            diffs = [better * d for d in stats.paired_differences(
+                {k: v[split] for k, v in by_seed[setting].items() if split in v},
+                {k: v[split] for k, v in by_seed[plain_name].items() if split in v})]
             paired = bool(diffs) and setting != plain_name
             mean, low, high = stats.bootstrap(diffs) if paired else (None, None, None)
             rows.append(SplitRow(setting, split, len(values), median, q1, q3, len(diffs) if paired else 0, mean,
@@ -125,8 +132,10 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
     at = {(r.setting, r.split): r for r in rows}
     memory_kind = next((m["peak_memory"]["what"] for mine in runs.values() for m in mine if m.get("peak_memory")),
                        "peak memory")
+    lower = lower_is_better(metric)
+    unit = "its own units, lower is better" if lower else "points, ×100"
     lines = [f"# Does it pay? {len(settings) - 1} setting(s) against plain fine-tuning ({plain}), paired by seed",
-             "", f"Monitored metric: `{metric}` (points, ×100), on validation and on each test split (the best"
+             "", f"Monitored metric: `{metric}` ({unit}), on validation and on each test split (the best"
              " checkpoint's). Median (IQR) over seeds:", "",
              "| setting | runs | failed | " + " | ".join(splits) + " | s per run | × plain | peak MiB |",
              "|---" * (len(splits) + 6) + "|"]
@@ -138,7 +147,8 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
         peak = f"{first.peak_memory_mib:.0f}" if first.peak_memory_mib is not None else "–"
         lines.append(f"| {setting} | {len(runs[setting])} | {first.failed} | " + " | ".join(cells)
                      + f" | {first.seconds:.0f} | {ratio} | {peak} |")
-    lines += ["", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval over seeds):", "",
+    signed = "plain minus the setting, so + is a gain" if lower else "points"
+    lines += ["", f"Paired difference from plain ({signed}; mean over seeds, bootstrap 95% interval over seeds):", "",
               "| setting | seeds | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
     verdicts = []
     for setting in settings:
@@ -155,17 +165,19 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
         if val is not None and val.diff_mean is not None:
             assert val.diff_low is not None and val.diff_high is not None
             said = stats.verdict((val.diff_mean, val.diff_low, val.diff_high), seeds, time_ratio=val.time_ratio,
-                                 failed_runs=val.failed, plain_not_peaked=unpeaked)
+                                 failed_runs=val.failed, plain_not_peaked=unpeaked,
+                                 unit="less loss" if lower else "points")
             if val.diff_low > 0:  # a gain on validation: does each test split confirm it?
                 tests = [at[setting, s] for s in splits[1:] if (setting, s) in at and at[setting, s].diff_mean
                          is not None]
                 said += "".join(f" {'Confirmed' if t.diff_low > 0 else 'Not confirmed'} on {t.split}:"  # type: ignore[operator]
                                 f" {t.diff_mean:+.1f} [{t.diff_low:+.1f}, {t.diff_high:+.1f}]." for t in tests)
             verdicts.append(f"- **{setting}**: {said}")
-    points = ", ".join(f"{step}: {100 * value:.1f}" for step, value in curve)
+    points = ", ".join(f"{step}: {value:.3f}" if lower else f"{step}: {100 * value:.1f}" for step, value in curve)
     lines += ["", f"Plain's median validation curve (step: {metric}): {points or 'not recorded'}."]
     if unpeaked:
-        lines.append("**Plain has not peaked**: its validation curve still rises at its last validation, so a"
+        lines.append(f"**Plain has not peaked**: its validation curve still {'falls' if lower else 'rises'} at its last"
+                     " validation, so a"
                      " setting that only trains faster looks like a gain here. Rerun with more steps"
                      " (trainer.max_steps) before deciding.")
     lines += ["", "What the evidence says (validation decides; a test split confirms):", "", *verdicts, "",

@@ -90,10 +90,11 @@ class SymmetricKL(torch.autograd.Function):
         dtype = torch.promote_types(p.dtype, torch.float32)
         shape = (*p.shape[:-2], p.shape[-2] - int(drop_last))
         out = torch.empty(shape, dtype=dtype, device=p.device)
-        for index in _chunks(p, drop_last):  # from log-softmax: every term (P − Q)(log P − log Q) is ≥ 0, so is the sum
-            log_p = F.log_softmax(p[index].to(dtype), dim=-1)
-            log_q = F.log_softmax(q[index].to(dtype), dim=-1)
-            out[index] = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
+        for index in _chunks(p, drop_last):
+            a, b = p[index].to(dtype), q[index].to(dtype)
+            # ⟨P − Q, log P − log Q⟩ = ⟨P − Q, p − q⟩ (the log-partition terms meet Σ(P − Q) = 0); ≥ 0 exactly, so
+            # a rounding below 0 (logits that differ by a constant) is 0.
+            out[index] = ((torch.softmax(a, -1) - torch.softmax(b, -1)) * (a - b)).sum(-1).clamp_min_(0)
         ctx.save_for_backward(p, q)
         ctx.drop_last = drop_last
         return out
@@ -108,16 +109,17 @@ class SymmetricKL(torch.autograd.Function):
         for index in _chunks(p, ctx.drop_last):
             g = grad[index].unsqueeze(-1)
             a, b = p[index].to(g.dtype), q[index].to(g.dtype)
-            prob = {0: torch.softmax(a, -1), 1: torch.softmax(b, -1)}
+            prob = (torch.softmax(a, -1), torch.softmax(b, -1))
             d = a - b
-            diff = prob[0] - prob[1]
             for side, (target, want) in enumerate(zip(grads, wanted, strict=True)):
                 if target is None or want is None:
                     continue
-                mean = (prob[side].unsqueeze(-2) @ d.unsqueeze(-1)).squeeze(-1)  # ⟨P, d⟩ per row, no temporary
+                # ∂ℓ/∂p = P ⊙ (d − ⟨P, d⟩ + 1) − Q;  ∂ℓ/∂q = −(Q ⊙ (d − ⟨Q, d⟩ − 1) + P)
+                own, other = prob[side], prob[1 - side]
+                mean = (own.unsqueeze(-2) @ d.unsqueeze(-1)).squeeze(-1)  # ⟨P, d⟩ per row, no temporary
                 block = target[index] if target.dtype == g.dtype else torch.empty_like(d)
-                torch.sub(d, mean, out=block)
-                block.mul_(prob[side]).add_(diff).mul_(g * want[1])
+                torch.sub(d, mean - want[1], out=block)
+                block.mul_(own).sub_(other, alpha=want[1]).mul_(g * want[1])
                 if block.data_ptr() != target[index].data_ptr():
                     target[index] = block
         if ctx.drop_last:

@@ -8,9 +8,8 @@ step. The teacher (μ·D) comes from an attached :class:`TeacherProtocol`, norma
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
@@ -26,6 +25,7 @@ from lightning_smart.perturbation import (
     ascent_step,
     captured,
     find_site,
+    input_embeddings,
     noised,
     per_example_norm,
     perturbed,
@@ -34,7 +34,7 @@ from lightning_smart.perturbation import (
     sample_noise,
     token_rms,
 )
-from lightning_smart.schedule import rampup
+from lightning_smart.schedule import run_rampup
 
 
 class TeacherProtocol(Protocol):
@@ -84,16 +84,19 @@ class SmartLightningModule:
         self.smart = smart if isinstance(smart, SmartConfig) else SmartConfig(**dict(smart or {}))
         self.smart_teacher = None
         self.smart_skipped = 0
-        self._smart_first_step_done = False
+        self.smart_probes: list[probe.ProbeResult] = []
         self._smart_site: tuple[tuple[str, int], nn.Module] | None = None
-        self._smart_fp32: tuple[tuple[bool, torch.dtype], bool] | None = None
-        self._smart_loss_calls = 0
+        self._smart_precision = precision.PrecisionPolicy()
+        self._smart_probing = probe.ProbeSchedule()
+        self._smart_loss_calls = 0  # the drop-in guard's bookkeeping (lightning_smart.guard)
         self._smart_step_depth = 0
         self._smart_step_checked = False
         self._smart_modes_checked = False
-        self._smart_probe_due = False
-        self._smart_probe_warned = False
-        self.smart_probes: list[probe.ProbeResult] = []
+
+    @property
+    def _smart_fp32(self) -> tuple[tuple[bool, torch.dtype], bool] | None:
+        """The precision policy's decision: (the autocast it was made under, whether the passes run in fp32)."""
+        return self._smart_precision.decided
 
     # -- the four methods users may override --------------------------------------------------
 
@@ -149,9 +152,8 @@ class SmartLightningModule:
         alpha = self.smart.neftune_alpha
         if alpha == 0:
             return self.smart_forward(batch)
-        model = getattr(self, "model", None)
-        auto = self.smart.perturb_at == "auto" and callable(getattr(model, "get_input_embeddings", None))
-        site = model.get_input_embeddings() if auto else self.smart_perturbation_site()  # type: ignore[union-attr]
+        site = input_embeddings(getattr(self, "model", None)) if self.smart.perturb_at == "auto" else None
+        site = site or self.smart_perturbation_site()
         with noised(site, self.smart_padding_mask(batch), alpha, self.smart_noise_seed(batch_idx)):
             return self.smart_forward(batch)
 
@@ -197,7 +199,7 @@ class SmartLightningModule:
         site = self.smart_perturbation_site()
         if cfg.lambda_s > 0:
             self._smart_choose_precision(batch, site)
-        with self.smart_precision():
+        with self._smart_precision.context(self):
             loss, logs = self._smart_regularized(batch, batch_idx, site, step)
         self._smart_log(logs)
         return loss
@@ -223,17 +225,16 @@ class SmartLightningModule:
         logs: dict[str, Tensor | float] = {"train/task_loss": task_loss}
 
         if cfg.lambda_s > 0:
-            if not self._smart_first_step_done:
-                self._smart_first_step(batch, batch_idx, x)
-            elif self._smart_probe_due:
-                self._smart_probe_now(batch, batch_idx, step)
+            self._smart_probing.at_regularized_step(self, batch, batch_idx, x, step)  # the probe, when due
             # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
             delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
             shift = delta if scale is None else delta * scale
             with perturbed(site, shift), replayed(rng, x.device):
                 adv_outputs = self.smart_forward(batch)
             adv_reg = self.smart_divergence(adv_outputs, z, batch)
-            lambda_s = cfg.lambda_s * cfg.every_n_steps * self._smart_rampup(step)
+            ramp = 1.0 if cfg.rampup == 0 else run_rampup(
+                step, self.trainer.estimated_stepping_batches, cfg.rampup, "smart.rampup")  # type: ignore[attr-defined]
+            lambda_s = cfg.lambda_s * cfg.every_n_steps * ramp
             if bool(finite & torch.isfinite(adv_reg)):  # one host sync per step: skipping must not touch θ
                 loss = loss + lambda_s * adv_reg
             else:
@@ -280,14 +281,9 @@ class SmartLightningModule:
 
     def smart_precision(self) -> AbstractContextManager[Any]:
         """Where the regularized step's passes run: autocast turned off when ``smart.perturbed_precision`` (or
-        ``auto``'s choice at the first regularized step) is fp32 under a training autocast; else as training runs."""
-        device_type = self.device.type  # type: ignore[attr-defined]
-        enabled = torch.is_autocast_enabled(device_type)
-        policy = self.smart.perturbed_precision
-        fp32 = enabled and self.smart.lambda_s > 0 and (
-            policy == "fp32" or (policy == "auto" and self._smart_fp32 is not None and self._smart_fp32[1])
-        )
-        return torch.autocast(device_type, enabled=False) if fp32 else nullcontext()
+        ``auto``'s choice at the first regularized step) is fp32 under a training autocast; else as training runs
+        (:class:`lightning_smart.precision.PrecisionPolicy`)."""
+        return self._smart_precision.context(self)
 
     def smart_probe(self, batch: Any, batch_idx: int = 0) -> dict[str, float]:
         """On one batch, the output change (ℓs) from the perturbation alone and from dropout alone.
@@ -301,60 +297,13 @@ class SmartLightningModule:
     # -- helpers ------------------------------------------------------------------------------
 
     def _smart_choose_precision(self, batch: Any, site: nn.Module) -> None:
-        """Under a training autocast, once per compute dtype: does it resolve the radius at the perturbed point?
-
-        Measured on a clean forward without gradient that replays the step's dropout masks, so the RNG the
-        training draws from is left as it was; decided by :mod:`lightning_smart.precision`.
-        """
-        device: torch.device = self.device  # type: ignore[attr-defined]
-        if not torch.is_autocast_enabled(device.type):
-            return
-        key = (True, torch.get_autocast_dtype(device.type))
-        if self._smart_fp32 is not None and self._smart_fp32[0] == key:
-            return
-        with captured(site) as clean, torch.no_grad(), replayed(rng_snapshot(device), device):
-            self.smart_forward(batch)
-        if clean.output is None:
-            return  # the step itself raises, naming smart.perturb_at
-        cfg = self.smart
-        found = precision.resolution(clean.output, self.smart_padding_mask(batch), cfg.epsilon, cfg.epsilon_scale)
-        self._smart_fp32 = key, precision.runs_in_fp32(cfg.perturbed_precision, found)
-        if cfg.perturbed_precision == "autocast":
-            self._smart_warn(precision.unresolved_warning(cfg.epsilon, cfg.epsilon_scale, found))
-
-    def _smart_first_step(self, batch: Any, batch_idx: int, x: Tensor) -> None:
-        """Once per module: warn where a half-precision model (no autocast) cannot resolve ε; run the probe."""
-        self._smart_first_step_done = True
-        cfg = self.smart
-        if not torch.is_autocast_enabled(x.device.type):
-            found = precision.resolution(x, self.smart_padding_mask(batch), cfg.epsilon, cfg.epsilon_scale)
-            self._smart_warn(precision.unresolved_warning(cfg.epsilon, cfg.epsilon_scale, found))
-        if cfg.probe:
-            self._smart_probe_now(batch, batch_idx, int(self.global_step))  # type: ignore[attr-defined]
-
-    def _smart_probe_now(self, batch: Any, batch_idx: int, step: int) -> None:
-        """The probe on this training batch at the current weights: logged, kept in :attr:`smart_probes`, and a
-        warning where the perturbation barely acts (after the first step only: see :mod:`lightning_smart.probe`).
-
-        On a forked RNG: its dropout draws leave the training's stream (and a resume) as they were."""
-        self._smart_probe_due = False
-        device: torch.device = self.device  # type: ignore[attr-defined]
-        with replayed(rng_snapshot(device), device):
-            measured = self.smart_probe(batch, batch_idx)
-        result = probe.ProbeResult(step, measured["perturbation_kl"], measured["dropout_kl"])
-        self.smart_probes.append(result)
-        self._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
-                         "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
-        if not self._smart_probe_warned:
-            self._smart_probe_warned = self._smart_warn(
-                probe.weak_perturbation_warning(result, self.smart.epsilon, self.smart.epsilon_scale))
+        """Under a training autocast, once per compute dtype: does it resolve the radius at the perturbed point?"""
+        self._smart_warn(self._smart_precision.choose(self, batch, site))
 
     def on_validation_end(self) -> None:
         """After each validation inside ``fit``, the next regularized step probes again (with ``smart.probe``)."""
         super().on_validation_end()  # type: ignore[misc]
-        trainer = getattr(self, "_trainer", None)
-        if self.smart.probe and trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
-            self._smart_probe_due = True
+        self._smart_probing.after_validation(self)
 
     @staticmethod
     def _smart_warn(message: str | None) -> bool:
@@ -362,18 +311,6 @@ class SmartLightningModule:
         if message:
             rank_zero_warn(message)
         return bool(message)
-
-    def _smart_rampup(self, step: int) -> float:
-        """The ramp-up's factor on λs at optimizer step ``step``: 1 without ``smart.rampup``."""
-        if self.smart.rampup == 0:
-            return 1.0
-        total = self.trainer.estimated_stepping_batches  # type: ignore[attr-defined]
-        if not math.isfinite(total):
-            raise ConfigError(
-                f"smart.rampup={self.smart.rampup:g} is a fraction of the run's optimizer steps, but this run has no"
-                " known length: set trainer.max_steps or trainer.max_epochs"
-            )
-        return rampup(step, total, self.smart.rampup)
 
     def _smart_log(self, values: Mapping[str, Tensor | float]) -> None:
         if getattr(self, "_trainer", None) is None:

@@ -139,6 +139,12 @@ def perturbed(module: nn.Module, delta: Tensor, scale: Tensor | None = None) -> 
         handle.remove()
 
 
+def input_embeddings(model: Any) -> nn.Module | None:
+    """A transformers (or PEFT) model's input embeddings, where NEFTune adds its noise; ``None`` for other models."""
+    get = getattr(model, "get_input_embeddings", None)
+    return get() if callable(get) else None
+
+
 def neftune_noise(like: Tensor, mask: Tensor | None, alpha: float, seed: int) -> Tensor:
     """NEFTune's noise for embeddings ``like`` ``[B, T, d]``: U(−1, 1)·α/√(L·d), L each example's real tokens
     (``mask``'s sum; T without a mask), zero at padding; float32, from a generator seeded by ``seed``."""

@@ -3,18 +3,20 @@
 Under ``bf16-mixed``/``16-mixed`` a small δ can lie below what the compute dtype resolves at the perturbed point:
 x + δ then rounds back to x and R_s measures rounding, not δ. :func:`resolution` compares the radius with the
 dtype's spacing at the median |x| of the perturbed tensor; ``auto`` runs the regularized passes in fp32 unless the
-radius is at least twice that spacing, ``fp32`` and ``autocast`` force one way. Pure functions; no Lightning.
+radius is at least twice that spacing, ``fp32`` and ``autocast`` force one way. :class:`PrecisionPolicy` applies
+the choice for the mixin (decided once per compute dtype); the rest are pure functions. No Lightning.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_smart.perturbation import expand_mask, token_rms
+from lightning_smart.perturbation import captured, expand_mask, replayed, rng_snapshot, token_rms
 
 
 class Resolution(NamedTuple):
@@ -63,4 +65,47 @@ def unresolved_warning(epsilon: float, epsilon_scale: str, found: Resolution) ->
     )
 
 
-__all__ = ["Resolution", "resolution", "runs_in_fp32", "unresolved_warning"]
+class PrecisionPolicy:
+    """``smart.perturbed_precision`` for one module: under a training autocast, decided at the first regularized
+    step of each compute dtype from the radius at the perturbed point (:func:`resolution`, :func:`runs_in_fp32`).
+
+    ``module`` is a :class:`~lightning_smart.SmartLightningModule` (its ``smart``, ``device``, ``smart_forward`` and
+    ``smart_padding_mask``).
+    """
+
+    def __init__(self) -> None:
+        self.decided: tuple[tuple[bool, torch.dtype], bool] | None = None
+        """(the autocast it was decided under, whether the passes run in fp32), once decided."""
+
+    def choose(self, module: Any, batch: Any, site: nn.Module) -> str | None:
+        """Decide under a new autocast dtype, on a clean forward without gradient that replays the step's dropout
+        masks (the RNG training draws from is left as it was); returns the warning to give, if any."""
+        device: torch.device = module.device
+        if not torch.is_autocast_enabled(device.type):
+            return None
+        key = (True, torch.get_autocast_dtype(device.type))
+        if self.decided is not None and self.decided[0] == key:
+            return None
+        with captured(site) as clean, torch.no_grad(), replayed(rng_snapshot(device), device):
+            module.smart_forward(batch)
+        if clean.output is None:
+            return None  # the step itself raises, naming smart.perturb_at
+        cfg = module.smart
+        found = resolution(clean.output, module.smart_padding_mask(batch), cfg.epsilon, cfg.epsilon_scale)
+        self.decided = key, runs_in_fp32(cfg.perturbed_precision, found)
+        if cfg.perturbed_precision == "autocast":
+            return unresolved_warning(cfg.epsilon, cfg.epsilon_scale, found)
+        return None
+
+    def context(self, module: Any) -> AbstractContextManager[Any]:
+        """Autocast turned off when the policy (or ``auto``'s decision) is fp32 under a training autocast with
+        λs > 0; else as training runs."""
+        device_type = module.device.type
+        policy = module.smart.perturbed_precision
+        fp32 = torch.is_autocast_enabled(device_type) and module.smart.lambda_s > 0 and (
+            policy == "fp32" or (policy == "auto" and self.decided is not None and self.decided[1])
+        )
+        return torch.autocast(device_type, enabled=False) if fp32 else nullcontext()
+
+
+__all__ = ["PrecisionPolicy", "Resolution", "resolution", "runs_in_fp32", "unresolved_warning"]

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from lightning_smart import precision
 from lightning_smart.perturbation import captured, perturbed, replayed, rng_snapshot
 
 WEAK_RATIO = 0.01
@@ -40,6 +41,55 @@ class ProbeResult(NamedTuple):
     def ratio(self) -> float:
         """ℓs of the perturbation over ℓs of dropout (``inf`` where dropout changes nothing)."""
         return self.perturbation_kl / self.dropout_kl if self.dropout_kl > 0 else float("inf")
+
+
+class ProbeSchedule:
+    """When the mixin probes (with ``smart.probe``): at its first regularized step, and at the first regularized
+    step after each validation inside ``fit``; each result logged and kept in ``module.smart_probes``, and one
+    warning (:func:`weak_perturbation_warning`) the first time a probe after step 0 finds the perturbation weak.
+
+    The first regularized step also warns where a half-precision model (no autocast) cannot resolve ε.
+    """
+
+    def __init__(self) -> None:
+        self.first_done = False
+        self.due = False
+        self.warned = False
+
+    def at_regularized_step(self, module: Any, batch: Any, batch_idx: int, x: torch.Tensor, step: int) -> None:
+        """Called by the step (λs > 0) with the clean perturbed tensor ``x``."""
+        if self.first_done:
+            if self.due:
+                self.run(module, batch, batch_idx, step)
+            return
+        self.first_done = True
+        cfg = module.smart
+        if not torch.is_autocast_enabled(x.device.type):
+            found = precision.resolution(x, module.smart_padding_mask(batch), cfg.epsilon, cfg.epsilon_scale)
+            module._smart_warn(precision.unresolved_warning(cfg.epsilon, cfg.epsilon_scale, found))
+        if cfg.probe:
+            self.run(module, batch, batch_idx, step)
+
+    def run(self, module: Any, batch: Any, batch_idx: int, step: int) -> None:
+        """The probe on this training batch at the current weights, on a forked RNG: its dropout draws leave the
+        training's stream (and a resume) as they were."""
+        self.due = False
+        device: torch.device = module.device
+        with replayed(rng_snapshot(device), device):
+            measured = module.smart_probe(batch, batch_idx)
+        result = ProbeResult(step, measured["perturbation_kl"], measured["dropout_kl"])
+        module.smart_probes.append(result)
+        module._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
+                           "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
+        if not self.warned:
+            cfg = module.smart
+            self.warned = module._smart_warn(weak_perturbation_warning(result, cfg.epsilon, cfg.epsilon_scale))
+
+    def after_validation(self, module: Any) -> None:
+        """After a validation inside ``fit`` (not the sanity check), the next regularized step probes again."""
+        trainer = getattr(module, "_trainer", None)
+        if module.smart.probe and trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.due = True
 
 
 def measure(module: Any, batch: Any, batch_idx: int = 0) -> dict[str, float]:
@@ -114,4 +164,4 @@ def dropout_off_warning(model: nn.Module) -> str | None:
     )
 
 
-__all__ = ["WEAK_RATIO", "ProbeResult", "dropout_off_warning", "measure", "weak_perturbation_warning"]
+__all__ = ["WEAK_RATIO", "ProbeResult", "ProbeSchedule", "dropout_off_warning", "measure", "weak_perturbation_warning"]

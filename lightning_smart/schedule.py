@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from lightning_smart.config import ConfigError
+
 
 def rampup(step: int, total_steps: float, fraction: float) -> float:
     """w(t): the factor on a consistency weight at optimizer step ``step`` (0-based); 1 once the ramp is over.
@@ -37,6 +39,22 @@ def rampup(step: int, total_steps: float, fraction: float) -> float:
     return math.exp(-5.0 * (1.0 - step / length) ** 2)
 
 
+def run_rampup(step: int, total_steps: float, fraction: float, key: str) -> float:
+    """:func:`rampup` over a run of ``total_steps`` (Lightning's ``estimated_stepping_batches``), where ``key`` names
+    the setting: a run of no known length (infinite) is refused, as the ramp is a fraction of it.
+
+    Example:
+        >>> run_rampup(3, float("inf"), 0.0, "smart.rampup")
+        1.0
+    """
+    if fraction == 0:
+        return 1.0
+    if not math.isfinite(total_steps):
+        raise ConfigError(f"{key}={fraction:g} is a fraction of the run's optimizer steps, but this run has no known"
+                          " length: set trainer.max_steps or trainer.max_epochs")
+    return rampup(step, total_steps, fraction)
+
+
 def ema_warmup(beta: float, update: int) -> float:
     """β of the ``update``-th EMA update (1 for the first) under Mean Teacher's warm-up: min(β, 1 − 1/(t + 1)).
 
@@ -47,4 +65,4 @@ def ema_warmup(beta: float, update: int) -> float:
     return min(beta, 1.0 - 1.0 / (update + 1))
 
 
-__all__ = ["ema_warmup", "rampup"]
+__all__ = ["ema_warmup", "rampup", "run_rampup"]

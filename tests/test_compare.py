@@ -76,6 +76,27 @@ def test_the_report_on_fixed_runs() -> None:
     assert compare(["a", "b"], summaries[1::2][:2]) is None  # no plain fine-tuning among them
 
 
+def test_a_loss_is_compared_as_lower_is_better_in_its_own_units() -> None:
+    """data=sft monitors val/loss: a setting whose loss is lower gains, and plain's falling curve has not peaked."""
+    names, summaries = [], []
+    for seed, (plain, neftune) in enumerate([(2.50, 2.40), (2.60, 2.45), (2.55, 2.50)]):
+        for name, loss, alpha in (("plain", plain, 0.0), ("neftune", neftune, 5.0)):
+            names.append(name)
+            summaries.append({"config": {"seed": seed, "smart": {"lambda_s": 0.0, "neftune_alpha": alpha},
+                                         "teacher": None},
+                              "metric": "val/loss", "score": loss, "val": {"loss": loss}, "test": {}, "data": {},
+                              "wall_time_s": 10.0, "curve": [[40, loss + 0.3], [80, loss]], "peak_memory": None})
+    result = compare(names, summaries)
+    assert result is not None
+    rows, lines = result
+    text = "\n".join(lines)
+    neftune = next(r for r in rows if r.setting == "neftune")
+    assert neftune.diff_mean == pytest.approx((0.10 + 0.15 + 0.05) / 3) and neftune.median == pytest.approx(2.45)
+    assert "(its own units, lower is better)" in text and "plain minus the setting, so + is a gain" in text
+    assert "- **neftune**: +0.1 [" in text and "less loss on validation over 3 seeds" in text
+    assert "still falls at its last validation" in text and "40: 2.850, 80: 2.550" in text
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(tmp_path: Path, launcher: str) -> None:
     """A real sweep: the 2-layer model on the shipped movie snippets, plain and the teacher on 2 seeds, with

@@ -116,6 +116,19 @@ class SFTDataModule(_TokenLevel):
     def _read_shipped(self) -> Examples:
         return load_moviedialog()
 
+    def _end_token(self) -> int:
+        tokenizer = self.tokenizer
+        end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if end is None:
+            raise DataError(f"data.tokenizer={self.args.tokenizer!r} has no end-of-sequence token to end each response"
+                            " with: a causal LM's tokenizer has one (give it an eos_token)")
+        return int(end)
+
+    def _load(self) -> Any:
+        splits = super()._load()
+        self._end_token()  # checked before training
+        return splits
+
     def _read_file(self, path: str, key: str) -> Examples:
         hp = self.args
         file = _file(path, key)
@@ -132,10 +145,7 @@ class SFTDataModule(_TokenLevel):
         hp, tokenizer = self.args, self.tokenizer
         prompts = tokenizer([hp.prompt_template.format(prompt=p) for p in examples.texts])["input_ids"]
         responses = tokenizer(list(examples.pairs or []), add_special_tokens=False)["input_ids"]
-        end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        if end is None:
-            raise DataError(f"data.tokenizer={hp.tokenizer!r} has no end-of-sequence token to end each response with:"
-                            " a causal LM's tokenizer has one (give it an eos_token)")
+        end = self._end_token()
         features, dropped = [], 0
         for prompt, response in zip(prompts, responses, strict=True):
             ids = (prompt + response + [end])[:hp.max_length]
@@ -215,6 +225,9 @@ class TaggingDataModule(_TokenLevel):
             raise DataError(f"data.num_labels={hp.num_labels} but the data have {len(self.label_names)} tags"
                             f" {self.label_names}: set it to null or to that count")
         self.stats["tags"] = self.label_names
+        if not self.tokenizer.is_fast:
+            raise DataError(f"data.tokenizer={hp.tokenizer!r} is not a fast tokenizer: data=tokens needs its"
+                            " word_ids() to label each word's first sub-token")
         return splits
 
     @property
@@ -224,9 +237,6 @@ class TaggingDataModule(_TokenLevel):
 
     def _encode(self, examples: Examples, by_length: bool = True) -> Features:
         tokenizer = self.tokenizer
-        if not tokenizer.is_fast:
-            raise DataError(f"data.tokenizer={self.args.tokenizer!r} is not a fast tokenizer: data=tokens needs its"
-                            " word_ids() to label each word's first sub-token")
         index = {name: i for i, name in enumerate(self.label_names)}
         encoded = tokenizer(examples.texts, is_split_into_words=True, truncation=True,  # type: ignore[arg-type]
                             max_length=self.args.max_length)
