@@ -10,7 +10,7 @@ in units of each token's RMS: the hook adds ``scale * δ``, so every rule and bo
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -124,12 +124,20 @@ def perturbed(module: nn.Module, delta: Tensor, scale: Tensor | None = None) -> 
     through ``inputs_embeds`` (which would apply position embeddings and LayerNorm twice).
     """
     shift = delta if scale is None else delta * scale
+    with _adding(module, lambda _: shift):
+        yield
+
+
+@contextmanager
+def _adding(module: nn.Module, addend: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, ``module``'s output (or its first element) is ``output + addend(output)``, by a forward hook;
+    a half-precision model without autocast keeps its dtype."""
 
     def hook(_: nn.Module, __: Any, output: Any) -> Any:
         first = output[0] if isinstance(output, tuple) else output
-        out = first + shift
+        out = first + addend(first)
         if first.dtype != out.dtype and not torch.is_autocast_enabled(first.device.type):
-            out = out.to(first.dtype)  # a half-precision model without autocast keeps its dtype
+            out = out.to(first.dtype)
         return (out, *output[1:]) if isinstance(output, tuple) else out
 
     handle = module.register_forward_hook(hook)
@@ -161,17 +169,8 @@ def neftune_noise(like: Tensor, mask: Tensor | None, alpha: float, seed: int) ->
 @contextmanager
 def noised(module: nn.Module, mask: Tensor | None, alpha: float, seed: int) -> Iterator[None]:
     """Within the block, ``module``'s output gets :func:`neftune_noise` (drawn at each call, from ``seed``)."""
-
-    def hook(_: nn.Module, __: Any, output: Any) -> Any:
-        first = output[0] if isinstance(output, tuple) else output
-        out = first + neftune_noise(first, mask, alpha, seed).to(first.dtype)
-        return (out, *output[1:]) if isinstance(output, tuple) else out
-
-    handle = module.register_forward_hook(hook)
-    try:
+    with _adding(module, lambda first: neftune_noise(first, mask, alpha, seed)):
         yield
-    finally:
-        handle.remove()
 
 
 class Capture:

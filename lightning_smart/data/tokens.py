@@ -45,11 +45,15 @@ def _field(row: Mapping[str, Any], column: str, key: str, where: str) -> Any:
     return row[column]
 
 
-def _file(path: str, key: str) -> Path:
+def _file_rows(path: str, key: str, source: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """The rows of the file ``key`` names, each with where it is (file and line), for error messages."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"{key}={path!r}: no such file")
-    return file
+    rows = [(f"{file} line {line}", row) for line, row in _read_rows(file, source)]
+    if not rows:
+        raise DataError(f"{file} has no rows")
+    return rows
 
 
 class _TokenLevel(TextDataModule):
@@ -131,14 +135,10 @@ class SFTDataModule(_TokenLevel):
 
     def _read_file(self, path: str, key: str) -> Examples:
         hp = self.args
-        file = _file(path, key)
         prompts, responses = [], []
-        for line, row in _read_rows(file, hp.source):
-            where = f"{file} line {line}"
+        for where, row in _file_rows(path, key, hp.source):
             prompts.append(str(_field(row, hp.prompt_column, "data.prompt_column", where)))
             responses.append(str(_field(row, hp.response_column, "data.response_column", where)))
-        if not prompts:
-            raise DataError(f"{file} has no rows")
         return Examples(prompts, [None] * len(prompts), responses)
 
     def _encode(self, examples: Examples, by_length: bool = True) -> Features:
@@ -193,10 +193,8 @@ class TaggingDataModule(_TokenLevel):
 
     def _read_file(self, path: str, key: str) -> Examples:
         hp = self.args
-        file = _file(path, key)
         words, tags = [], []
-        for line, row in _read_rows(file, hp.source):
-            where = f"{file} line {line}"
+        for where, row in _file_rows(path, key, hp.source):
             these = _field(row, hp.text_column, "data.text_column", where)
             labels = _field(row, hp.label_column, "data.label_column", where)
             if not isinstance(these, list) or not these or not all(isinstance(w, str) for w in these):
@@ -206,8 +204,6 @@ class TaggingDataModule(_TokenLevel):
                                 f" tags for {len(these)} words: one tag per word")
             words.append(these)
             tags.append([str(t) for t in labels])
-        if not words:
-            raise DataError(f"{file} has no rows")
         return Examples(words, tags)  # type: ignore[arg-type]
 
     def _load(self) -> Any:
