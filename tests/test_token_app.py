@@ -222,8 +222,8 @@ def test_a_lora_sft_run_averages_the_adapter_only_and_exports_it_merged_and_alon
         assert not torch.allclose(teacher(**ids).logits, expected)  # the average of the adapter's path
 
 
-def test_tagging_through_smart_train_reports_seqevals_entity_f1_of_the_exported_tagger(tagged: Path,
-                                                                                       tmp_path: Path) -> None:
+def test_tagging_through_smart_train_reports_seqevals_entity_f1_of_the_exported_tagger(tagged: Path, tmp_path: Path,
+                                                                                       minilm_path: str) -> None:
     result = smart_train([*tokens_overrides(tagged), "test=false", "model.lr=5e-4", f"hydra.run.dir={tmp_path}"],
                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -233,6 +233,12 @@ def test_tagging_through_smart_train_reports_seqevals_entity_f1_of_the_exported_
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "model").eval()
     assert model.config.id2label == {0: "B-NAME", 1: "B-WH", 2: "I-NAME", 3: "O"}
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    state = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    module_model = AutoModelForTokenClassification.from_pretrained(minilm_path, num_hidden_layers=2, num_labels=4)
+    module_model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    ids = tokenizer([["Who", "wrote", "Hamlet", "?"]], is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad():  # the exported tagger is the module's final one
+        torch.testing.assert_close(model(**ids).logits, module_model.eval()(**ids).logits, rtol=0, atol=0)
     with app_config(tokens_overrides(tagged)) as cfg:
         data = build(cfg, tmp_path / "again").checked.data
     val = data.load().val
