@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from test_token_app import save_causal_lm
 
 from lightning_smart import checks, sweep
 from lightning_smart.cli import AtomicCheckpointIO, build, check, train
@@ -32,7 +33,7 @@ from lightning_smart.data import TextDataModule, minilm_path
 from lightning_smart.export import LastCheckpoint
 from lightning_smart.schema import DataConf
 from lightning_smart.sweep import Job, aggregate, settings
-from lightning_smart.tasks import SequenceTask
+from lightning_smart.tasks import CausalLMTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 
 CONF = Path(str(files("lightning_smart.conf")))
@@ -42,10 +43,10 @@ PRESETS = [(group, p.stem) for group in GROUPS for p in sorted((CONF / group).gl
 
 def test_every_group_has_its_presets() -> None:
     found = {group: {name for g, name in PRESETS if g == group} for group in GROUPS}
-    assert found["smart"] == {"paper", "mtdnn", "r3f", "rdrop", "off", "relative_shared"}
+    assert found["smart"] == {"paper", "mtdnn", "r3f", "rdrop", "off", "relative_shared", "neftune"}
     assert found["teacher"] == {"paper", "off", "half_life"}
-    assert {"minilm", "minilm_l2", "hub"} <= found["model"]
-    assert {"movies", "movies_rating", "movies_ood", "trec", "csv", "jsonl", "hub"} <= found["data"]
+    assert {"minilm", "minilm_l2", "hub", "causal_lm"} <= found["model"]
+    assert {"movies", "movies_rating", "movies_ood", "trec", "csv", "jsonl", "hub", "sft", "tokens"} <= found["data"]
     assert found["trainer"] == {"cpu", "gpu_bf16", "ddp"} and found["logger"] == {"csv", "tensorboard"}
     assert found["callbacks"] == {"default"}
     assert found["hparams_search"] == {"optuna"} and found["experiment"]
@@ -56,6 +57,13 @@ def _preset_overrides(group: str, name: str, tmp_path: Path) -> list[str]:
     extra = [] if group in ("model", "experiment") else ["model=minilm_l2"]  # the small model is enough elsewhere
     if (group, name) == ("model", "hub"):
         extra.append(f"model.name_or_path={minilm_path()}")  # a local folder stands in for a Hub name
+    elif (group, name) in (("model", "causal_lm"), ("data", "sft")):  # a causal LM fine-tuned on prompt/response
+        folder = save_causal_lm("llama", tmp_path / "llama")
+        extra = [f"model.name_or_path={folder}"] + (["data=sft"] if group == "model" else ["model=causal_lm"])
+    elif (group, name) == ("data", "tokens"):
+        rows = [{"words": ["Who", "wrote", "Hamlet", "?"], "tags": ["B-WH", "O", "B-NAME", "O"]}] * 40
+        (tmp_path / "t.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+        extra.append(f"data.path={tmp_path / 't.jsonl'}")
     elif (group, name) == ("data", "csv"):
         extra.append(f"data.path={write_csv(tmp_path / 'd.csv', 'text,label', ['good,1', 'bad,0'] * 20)}")
     elif (group, name) == ("data", "jsonl"):
@@ -81,7 +89,8 @@ def test_every_preset_composes_and_instantiates(group: str, name: str, tmp_path:
     with app_config(overrides) as cfg:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         run = build(cfg, tmp_path / "out")
-    assert isinstance(run.model, SequenceTask) and isinstance(run.trainer, pl.Trainer)
+    task = {"sft": CausalLMTask, "tokens": TokenTask}.get(run.checked.data.kind, SequenceTask)
+    assert type(run.model) is task and isinstance(run.trainer, pl.Trainer)
     assert isinstance(run.checked.data, TextDataModule) and run.checked.data.load().train
     teachers = [cb for cb in run.trainer.callbacks if isinstance(cb, EMATeacherCallback)]
     assert len(teachers) == (0 if cfg.teacher is None else 1)
