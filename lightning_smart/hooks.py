@@ -30,7 +30,8 @@ class SmartHooks:
     # -- the four methods users may override --------------------------------------------------
 
     def smart_forward(self, batch: Any) -> Tensor:
-        """The model's outputs on a batch: logits ``[B, C]`` or regression outputs ``[B]``/``[B, 1]``."""
+        """The model's outputs on a batch: logits ``[B, C]``, regression outputs ``[B]``/``[B, 1]``, or logits per
+        token ``[B, T, C]`` (a tagger's, a causal LM's)."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.model(**inputs).logits  # type: ignore[attr-defined]
 
@@ -82,7 +83,8 @@ class SmartHooks:
         if alpha == 0:
             return self.smart_forward(batch)
         site = input_embeddings(getattr(self, "model", None)) if self.smart.perturb_at == "auto" else None
-        site = site or self.smart_perturbation_site()
+        if site is None:
+            site = self.smart_perturbation_site()
         with noised(site, self.smart_padding_mask(batch), alpha, self.smart_noise_seed(batch_idx)):
             return self.smart_forward(batch)
 
