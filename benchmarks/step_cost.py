@@ -53,6 +53,7 @@ import re
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
@@ -179,15 +180,35 @@ def live_bytes(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
 
 def peak_in_window(prof: profile) -> int:
     """The highest running sum of the CPU allocations (+) and frees (−) since the profiler started, reached
-    during the measured step."""
-    events = sorted(prof.profiler.kineto_results.events(), key=lambda e: e.start_ns())
-    window = next(e for e in events if e.name() == MEASURED)
+    during the measured step.
+
+    A free counts only when this profile recorded its block's allocation (matched by address): the CPU
+    allocator reports a free by its address and the size it once recorded there, so a block from before the
+    profiler started could be subtracted without ever having been added. That made a CI run print the teacher's
+    row 2 × the weights below the same step without the teacher, which no step can be.
+    """
+    def walk(events: list[Any]) -> Iterator[Any]:
+        for event in events:
+            yield event
+            yield from walk(event.children)
+
+    tree = list(walk(prof.profiler.kineto_results.experimental_event_tree()))
+    window = next(e for e in tree if e.name == MEASURED)
+    allocation = torch._C._profiler._EventType.Allocation
+    blocks = sorted((e.start_time_ns, e.extra_fields.ptr, e.extra_fields.alloc_size) for e in tree
+                    if e.tag == allocation and e.extra_fields.device.type == "cpu")
+    live: dict[int, int] = {}
     running = peak = 0
-    for event in events:
-        if event.name() == "[memory]":
-            running += event.nbytes()
-            if window.start_ns() <= event.start_ns() <= window.end_ns():
-                peak = max(peak, running)
+    for start, ptr, size in blocks:
+        if size > 0:
+            live[ptr] = size
+        elif ptr not in live:
+            continue
+        else:
+            del live[ptr]
+        running += size
+        if window.start_time_ns <= start <= window.end_time_ns:
+            peak = max(peak, running)
     return peak
 
 
