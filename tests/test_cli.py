@@ -119,6 +119,30 @@ def test_preset_values() -> None:
         assert (teacher.mu, teacher.half_life, teacher.validate) == (1.0, 0.25, True)
 
 
+# Each conf/setting preset (what experiment=compare pairs) and the overrides it must equal.
+SETTINGS = {
+    "plain": ["smart=off", "teacher=off"],
+    "teacher": ["smart=off", "teacher=paper"],
+    "paper": ["smart=paper", "teacher=paper"],
+    "rdrop": ["smart=rdrop", "teacher=off"],
+    "relative": ["smart=relative_shared", "teacher=off"],
+    "mtdnn": ["smart=mtdnn", "teacher=off"],
+    "mtdnn_teacher": ["smart=mtdnn", "teacher=paper"],
+    "adversarial": ["smart=relative_shared", "teacher=off", "smart.epsilon=0.1"],  # RESULTS §1.3's `strong` on TREC
+}
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_each_setting_is_the_study_setting_it_names(setting: str) -> None:
+    assert {p.stem for p in (CONF / "setting").glob("*.yaml")} == set(SETTINGS)
+    with app_config([f"setting={setting}"]) as cfg:
+        chosen = {key: OmegaConf.to_container(cfg)[key] for key in ("smart", "teacher")}
+    with app_config(SETTINGS[setting]) as cfg:
+        assert chosen == {key: OmegaConf.to_container(cfg)[key] for key in ("smart", "teacher")}
+    with app_config([f"setting={setting}", "smart.epsilon=0.03"]) as cfg:  # one override on top still wins
+        assert cfg.smart.epsilon == 0.03
+
+
 def test_schema_defaults_match_the_data_module() -> None:
     """DataConf mirrors TextDataModule's signature: a default changed in one place only fails here."""
     schema = OmegaConf.to_container(OmegaConf.structured(DataConf))
