@@ -582,7 +582,9 @@ def radius_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, A
         if len(mine) < MIN_SEEDS:
             said.append(f"{len(mine)} of the planned seeds: too few to claim anything yet")
         elif val[1] > 0:
-            said.append("beats plain on validation")
+            test = paired(lambda row: headline(row, study[0]["splits"][1]))
+            said.append(f"beats plain on validation; on test {test[0]:+.1f} [{test[1]:+.1f}, {test[2]:+.1f}]: "
+                        + ("confirmed" if test[1] > 0 else "not confirmed"))
         verdicts.append(f"- {setting}: " + "; ".join(said) + ".")
     lines += ["", "By the rule (a robustness claim needs its interval to exclude 0 at the training radius and no "
               "out-of-domain loss whose interval excludes 0; a gain is chosen on validation and confirmed on test):",

@@ -149,6 +149,35 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
     assert both.count("Plain has not peaked") == 1 and "(70.0 at step 100, 80.0 at 200)" in both
 
 
+def test_quality_rule_claims_robustness_only_without_an_out_of_domain_loss_and_confirms_on_test() -> None:
+    """Issue 19's rule, on made-up runs whose paired differences are the same for every seed (a point interval)."""
+    quality = load_quality()
+    radii = [0.01, 0.02, 0.03, 0.09, 1.0]
+    probe = {"settings": [{"epsilon": e, "relative": True, "ratio": r} for e, r in ((0.01, 2.0), (0.03, 12.0))]}
+    assert quality.acting_radii(probe) == (0.01, 0.03)
+
+    def run(setting: str, seed: int, val: float, test: float, tweets: float, robust: list[float]) -> dict:
+        return {"setting": setting, "seed": seed, "splits": ["val", "movies", "tweets", "robust"],
+                "val": {"acc": val}, "movies": {"acc": test}, "tweets": {"bal": tweets},
+                "robust_radii": {"radii": radii, "acc": robust, "clean": 0.8, "n": 256}, "bench": {"attack_steps": 5}}
+    base = [0.7, 0.6, 0.5, 0.1, 0.0]
+    study = [run("plain", seed, 0.80, 0.80, 0.70, base) for seed in range(3)]
+    study += [run("strong", seed, 0.80, 0.80, 0.68, [0.7, 0.6, 0.6, 0.1, 0.0]) for seed in range(3)]  # tweets -2
+    study += [run("lazy4_strong", seed, 0.81, 0.80, 0.70, [0.7, 0.6, 0.55, 0.1, 0.0]) for seed in range(3)]
+    study += [run("act", seed, 0.82, 0.81, 0.70, base) for seed in range(3)]
+    study += [run("mtdnn", seed, 0.80, 0.80, 0.70, base) for seed in range(2)]
+    verdicts = {line.split(":")[0][2:]: line for line in quality.radius_tables("movies", study, probe)
+                if line.startswith("- ")}
+    assert verdicts["strong"] == ("- strong: validation +0.0 [+0.0, +0.0]; robust at its training radius 0.03: "
+                                  "+10.0 [+10.0, +10.0]; no robustness claim (out of domain its interval excludes "
+                                  "a loss on tweets).")
+    assert "robust at its training radius 0.03: +5.0 [+5.0, +5.0]; **earns a robustness claim**; beats plain on " \
+           "validation; on test +0.0 [+0.0, +0.0]: not confirmed." in verdicts["lazy4_strong"]
+    assert verdicts["act"].endswith("no robustness claim; beats plain on validation; on test +1.0 [+1.0, +1.0]: "
+                                    "confirmed.")
+    assert verdicts["mtdnn"].endswith("2 of the planned seeds: too few to claim anything yet.")
+
+
 def test_quality_claims_a_run_for_one_live_process_and_counts_a_run_once(tmp_path: Path) -> None:
     quality = load_quality()
     assert quality.claim(tmp_path, "abc") and not quality.claim(tmp_path, "abc")  # held by this live process
