@@ -15,6 +15,8 @@ RULES = ("paper", "mtdnn")
 NORMS = ("inf", "l2")
 EPSILON_SCALES = ("absolute", "relative")
 PERTURBED_PRECISIONS = ("auto", "fp32", "autocast")
+RADIUS_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+"""The relative radii (× each token's RMS) that ``smart.epsilon=auto`` chooses from."""
 
 
 class ConfigError(ValueError):
@@ -42,7 +44,10 @@ class SmartConfig:
 
     Args:
         lambda_s: λs, weight of the adversarial term R_s; 0 turns it off (≥ 0).
-        epsilon: ε, radius of the ball the perturbation is projected onto (> 0).
+        epsilon: ε, radius of the ball the perturbation is projected onto (> 0); or ``auto`` (with
+            ``epsilon_scale=relative`` and ``rule=paper``): the smallest radius of :data:`RADIUS_GRID` whose probe
+            ratio reaches ``target_ratio``, calibrated on a training batch after each validation inside ``fit``
+            (:func:`lightning_smart.probe.calibrate`); R_s is off until the first calibration.
         sigma: σ, standard deviation of the initial Gaussian noise (≥ 0).
         eta: η, step size of the normalized ascent (> 0).
         ascent_steps: K, number of ascent steps (≥ 0; 0 with σ > 0 is R3F, with σ = 0 R-Drop).
@@ -70,10 +75,12 @@ class SmartConfig:
         neftune_alpha: α of NEFTune (Jain et al., 2023): the task forward of every training step sees uniform
             noise U(−1, 1)·α/√(L·d) on the input embeddings (L an example's real tokens, d the width); never at
             evaluation. 0 (default) is off; > 0 needs ``lambda_s = 0`` (the ``neftune`` preset: α = 5).
+        target_ratio: with ``epsilon=auto``, the ratio of the perturbation's ℓs to dropout's that the chosen radius
+            reaches (> 0; default 10).
     """
 
     lambda_s: float = 1.0
-    epsilon: float = 1e-5
+    epsilon: float | str = 1e-5
     sigma: float = 1e-5
     eta: float = 1e-3
     ascent_steps: int = 1
@@ -88,13 +95,19 @@ class SmartConfig:
     rampup: float = 0.0
     every_n_steps: int = 1
     neftune_alpha: float = 0.0
+    target_ratio: float = 10.0
 
     def __post_init__(self) -> None:
         g = "smart"
-        for key in ("lambda_s", "epsilon", "sigma", "eta"):
+        for key in ("lambda_s", "sigma", "eta", "target_ratio"):
             _number(g, key, getattr(self, key))
         _check(g, "lambda_s", self.lambda_s, self.lambda_s >= 0, "≥ 0")
-        _check(g, "epsilon", self.epsilon, self.epsilon > 0, "> 0")
+        if isinstance(self.epsilon, str):
+            _check(g, "epsilon", self.epsilon, self.auto, "a number > 0 or 'auto'")
+        else:
+            _number(g, "epsilon", self.epsilon)
+            _check(g, "epsilon", self.epsilon, self.epsilon > 0, "> 0")
+        _check(g, "target_ratio", self.target_ratio, self.target_ratio > 0, "> 0")
         _check(g, "sigma", self.sigma, self.sigma >= 0, "≥ 0")
         _check(g, "eta", self.eta, self.eta > 0, "> 0")
         k = self.ascent_steps
@@ -120,6 +133,37 @@ class SmartConfig:
                 " the task forward would also move the clean output that R_s compares with; choose one, smart=neftune"
                 " (λs = 0, the teacher allowed) or smart.neftune_alpha=0"
             )
+        if self.auto:
+            self._check_auto()
+
+    def _check_auto(self) -> None:
+        """``epsilon=auto`` needs a radius relative to the token RMS that bounds an ascent."""
+        if self.epsilon_scale != "relative":
+            raise ConfigError(
+                "smart.epsilon=auto with smart.epsilon_scale=absolute: auto chooses among radii relative to each"
+                " token's RMS; set smart.epsilon_scale=relative or give a number"
+            )
+        if self.rule != "paper":
+            raise ConfigError(
+                f"smart.epsilon=auto with smart.rule={self.rule}: that rule normalizes δ to ≈ 1 per coordinate and"
+                " projects onto no ball, so there is no radius to choose; set smart.rule=paper or drop"
+                " smart.epsilon=auto"
+            )
+        if self.ascent_steps == 0:
+            raise ConfigError(
+                "smart.epsilon=auto with smart.ascent_steps=0: without an ascent step ε bounds nothing, so there is no"
+                " radius to choose; set smart.ascent_steps ≥ 1 or give a number"
+            )
+
+    @property
+    def auto(self) -> bool:
+        """Whether the radius is calibrated while training (``epsilon=auto``)."""
+        return self.epsilon == "auto"
+
+    @property
+    def radii(self) -> tuple[float, ...]:
+        """The radii the step may perturb with: ``epsilon`` itself, or the grid ``auto`` chooses from."""
+        return RADIUS_GRID if self.auto else (float(self.epsilon),)
 
     @property
     def acts(self) -> bool:

@@ -91,10 +91,11 @@ class PrecisionPolicy:
         if clean.output is None:
             return None  # the step itself raises, naming smart.perturb_at
         cfg = module.smart
-        found = resolution(clean.output, module.smart_padding_mask(batch), cfg.epsilon, cfg.epsilon_scale)
+        radius = min(cfg.radii)  # with smart.epsilon=auto, the smallest radius it may choose
+        found = resolution(clean.output, module.smart_padding_mask(batch), radius, cfg.epsilon_scale)
         self.decided = key, runs_in_fp32(cfg.perturbed_precision, found)
         if cfg.perturbed_precision == "autocast":
-            return unresolved_warning(cfg.epsilon, cfg.epsilon_scale, found)
+            return unresolved_warning(radius, cfg.epsilon_scale, found)
         return None
 
     def context(self, module: Any) -> AbstractContextManager[Any]:
