@@ -61,6 +61,7 @@ from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig, stats
 from lightning_smart.attack import robust_accuracy, robust_accuracy_by_radius
+from lightning_smart.config import RADIUS_GRID
 from lightning_smart.schema import register_configs
 from lightning_smart.stats import bootstrap, quartiles
 from lightning_smart.tasks import SequenceTask
@@ -84,8 +85,9 @@ LAZY_OF = ("rdrop", "teacher", "paper", "paper_stab")
 # -- issue 19: the adversarial term on its own, at radii where it acts --------------------------------------
 REGIMES = {"movies": (5e-5, 200), "trec": (2e-5, 400)}
 """Issue 19's lr and optimizer steps per task: the study's, where plain fine-tuning's validation curve peaks."""
-PROBE_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-"""Relative radii (× each token's RMS) the probe measures; ε_act and ε_strong are read off them."""
+PROBE_GRID = RADIUS_GRID
+"""Relative radii (× each token's RMS) the probe measures; ε_act and ε_strong are read off them (the grid
+``smart.epsilon=auto`` chooses from)."""
 ACT_RATIO, STRONG_RATIO = 1.0, 10.0
 """ε_act: the smallest grid radius whose perturbation moves the output at least as much as dropout does (ratio of
 the two ℓs ≥ 1); ε_strong: the smallest with ratio ≥ 10 (fixed before the probe ran)."""
@@ -99,8 +101,10 @@ ADVERSARIAL = {
     "strong": "smart=relative_shared teacher=off smart.epsilon={strong}",
     "mtdnn": "smart=mtdnn teacher=off",
     "mtdnn_teacher": "smart=mtdnn teacher=paper",
+    "auto": "smart=relative_shared teacher=off smart.epsilon=auto",
 }
-"""Issue 19's settings; ``{act}``/``{strong}`` are the task's ε_act/ε_strong from its stored probe."""
+"""Issue 19's settings; ``{act}``/``{strong}`` are the task's ε_act/ε_strong from its stored probe; ``auto`` calibrates
+ε_strong's rule (ratio ≥ 10) on training batches after each validation."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,11 @@ def train_one(run: Run, bench: Bench, weights: Path | None = None) -> dict[str, 
     row["probe"] = {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "probe" in k}
     row["skipped"] = task.smart_skipped
     row["probes"] = [list(p) for p in task.smart_probes]  # (step, ℓs of the perturbation, ℓs of dropout)
+    if smart.auto:  # each calibration: step, radius chosen, reached, dropout's ℓs, (radius, perturbation's ℓs) tried
+        row["calibrations"] = [[c.step, c.epsilon, c.reached, c.dropout_kl, [list(t) for t in c.tried]]
+                               for c in task.smart_calibrations]
+        row["epsilon"] = task.smart_epsilon
+        row["calibration_s"] = round(task.smart_calibration_s, 2)
     row["splits"] = ["val", *data.test_names] + (["robust"] if cfg.data.num_labels > 1 else [])
     row["val"] = evaluate(task, data.val_dataloader())
     tests = data.test_dataloader()

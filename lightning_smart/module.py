@@ -13,6 +13,7 @@ What the step calls lives beside it: the overridable hooks (:mod:`lightning_smar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_smart import precision, probe
+from lightning_smart import precision, probe, sharding
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.guard import guard_subclass
 from lightning_smart.hooks import SmartHooks
@@ -90,10 +91,20 @@ class SmartLightningModule(SmartHooks):
         self._smart_site: tuple[tuple[str, int], nn.Module] | None = None
         self._smart_precision = precision.PrecisionPolicy()
         self._smart_probing = probe.ProbeSchedule()
+        self._smart_radius: float | None = None  # smart.epsilon=auto: the radius in force, once calibrated
+        self._smart_calibration_due = False
+        self.smart_calibrations: list[probe.Calibration] = []
+        self.smart_calibration_s = 0.0
         self._smart_loss_calls = 0  # the drop-in guard's bookkeeping (lightning_smart.guard)
         self._smart_step_depth = 0
         self._smart_step_checked = False
         self._smart_modes_checked = False
+
+    @property
+    def smart_epsilon(self) -> float | None:
+        """The radius in force: ``smart.epsilon``, or with ``auto`` the last calibration's (``None`` before the
+        first: R_s is off until then)."""
+        return self._smart_radius if self.smart.auto else float(self.smart.epsilon)
 
     @property
     def _smart_fp32(self) -> tuple[tuple[bool, torch.dtype], bool] | None:
@@ -119,11 +130,15 @@ class SmartLightningModule(SmartHooks):
         self._smart_loss_calls += 1
         if not self._smart_modes_checked:  # at the first training step: the modes the fit really trains in
             self._smart_modes_checked = True
-            self._smart_warn(probe.dropout_off_warning(self))  # type: ignore[arg-type]
+            self._smart_check_modes()
         cfg, teacher = self.smart, self.smart_teacher
         step = int(self.global_step)  # type: ignore[attr-defined]
         # Lazy regularization: R_s and D on every k-th optimizer step only (all its micro-batches), weighted × k.
-        if (cfg.lambda_s == 0 and teacher is None) or step % cfg.every_n_steps:  # a plain step, bit for bit
+        regularized = not step % cfg.every_n_steps
+        if regularized and self._smart_calibration_due and cfg.lambda_s > 0:
+            self._smart_calibrate(batch, batch_idx, step)  # smart.epsilon=auto, after each validation
+        adversarial = cfg.lambda_s > 0 and self.smart_epsilon is not None
+        if not regularized or not (adversarial or teacher is not None):  # a plain step, bit for bit
             outputs = self._smart_task_forward(batch, batch_idx)
             task_loss = self.smart_task_loss(outputs, batch)
             self._smart_log({"train/loss": task_loss, "train/task_loss": task_loss})
@@ -133,12 +148,12 @@ class SmartLightningModule(SmartHooks):
         if cfg.lambda_s > 0:
             self._smart_choose_precision(batch, site)
         with self._smart_precision.context(self):
-            loss, logs = self._smart_regularized(batch, batch_idx, site, step)
+            loss, logs = self._smart_regularized(batch, batch_idx, site, step, adversarial)
         self._smart_log(logs)
         return loss
 
     def _smart_regularized(
-        self, batch: Any, batch_idx: int, site: nn.Module, step: int
+        self, batch: Any, batch_idx: int, site: nn.Module, step: int, adversarial: bool
     ) -> tuple[Tensor, dict[str, Tensor | float]]:
         cfg, teacher = self.smart, self.smart_teacher
         rng = None
@@ -157,7 +172,7 @@ class SmartLightningModule(SmartHooks):
         loss = task_loss
         logs: dict[str, Tensor | float] = {"train/task_loss": task_loss}
 
-        if cfg.lambda_s > 0:
+        if adversarial:
             self._smart_probing.at_regularized_step(self, batch, batch_idx, x, step)  # the probe, when due
             # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
             delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
@@ -173,7 +188,8 @@ class SmartLightningModule(SmartHooks):
             else:
                 self.smart_skipped += 1
             logs |= {"smart/adv_reg": adv_reg.detach(), "smart/skipped": float(self.smart_skipped),
-                     "smart/delta_norm": per_example_norm(shift, cfg.norm).mean(), "smart/lambda_s": lambda_s}
+                     "smart/delta_norm": per_example_norm(shift, cfg.norm).mean(), "smart/lambda_s": lambda_s,
+                     "smart/epsilon": self.smart_epsilon or 0.0}  # set: R_s acts once calibrated
 
         if teacher is not None:
             # 5. D = ℓs(z, f(x; θ̃)), the teacher's output a constant of this step.
@@ -187,9 +203,11 @@ class SmartLightningModule(SmartHooks):
         return loss, logs
 
     def smart_perturbation(
-        self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor, target: Tensor, rng: RngSnapshot | None = None
+        self, batch: Any, batch_idx: int, site: nn.Module, x: Tensor, target: Tensor, rng: RngSnapshot | None = None,
+        epsilon: float | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """δ for this batch: σ-noise then K ascent steps on ℓs(f(x + δ), target) by input-only gradients.
+        """δ for this batch: σ-noise then K ascent steps on ℓs(f(x + δ), target) by input-only gradients, within
+        the radius ``epsilon`` (default: the radius in force, :attr:`smart_epsilon`).
 
         Runs in the precision it is called in (the step calls it within :meth:`smart_precision`).
 
@@ -197,6 +215,8 @@ class SmartLightningModule(SmartHooks):
         or ``None``, and whether every ascent gradient was finite (a 0-d bool tensor, not synced).
         """
         cfg = self.smart
+        radius = self.smart_epsilon if epsilon is None else epsilon
+        assert radius is not None, "smart.epsilon=auto perturbs once calibrated"
         mask = self.smart_padding_mask(batch)
         scale = token_rms(x) if cfg.epsilon_scale == "relative" else None
         delta = sample_noise(x, mask, cfg.sigma, self.smart_noise_seed(batch_idx))
@@ -208,8 +228,7 @@ class SmartLightningModule(SmartHooks):
             # g = ∂ℓs/∂δ only: no parameter .grad is touched and no weight gradient is computed.
             (grad,) = torch.autograd.grad(self.smart_divergence(outputs, target, batch), delta)
             finite = finite & torch.isfinite(grad).all()
-            delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=cfg.epsilon,
-                                rule=cfg.rule, norm=cfg.norm)
+            delta = ascent_step(delta.detach(), grad, mask, eta=cfg.eta, epsilon=radius, rule=cfg.rule, norm=cfg.norm)
         return delta, scale, finite
 
     def smart_precision(self) -> AbstractContextManager[Any]:
@@ -233,10 +252,84 @@ class SmartLightningModule(SmartHooks):
         """Under a training autocast, once per compute dtype: does it resolve the radius at the perturbed point?"""
         self._smart_warn(self._smart_precision.choose(self, batch, site))
 
+    def _smart_check_modes(self) -> None:
+        """At the first training step: warn where dropout is off; refuse ``smart.epsilon=auto`` without it (no
+        reference) or without a validation inside the fit (no calibration)."""
+        self._smart_warn(probe.dropout_off_warning(self))  # type: ignore[arg-type]
+        reentrant = sharding.reentrant_checkpointing_error(self) if self.smart.lambda_s > 0 else None  # type: ignore[arg-type]
+        if reentrant:
+            raise ConfigError(reentrant)
+        if not (self.smart.auto and self.smart.lambda_s > 0):
+            return
+        refusal = probe.no_dropout_error(self)  # type: ignore[arg-type]
+        trainer = getattr(self, "_trainer", None)
+        if refusal is None and trainer is not None and not trainer.enable_validation:
+            refusal = ("smart.epsilon=auto calibrates the radius after each validation, and this fit never validates"
+                       " (no val_dataloader, no validation_step or limit_val_batches=0): give a number, e.g."
+                       " smart.epsilon=0.1, or validate")
+        if refusal:
+            raise ConfigError(refusal)
+
+    def _smart_calibrate(self, batch: Any, batch_idx: int, step: int) -> None:
+        """``smart.epsilon=auto``: the radius from this batch at the current weights, on a forked RNG (training's
+        random stream stays as it was), the same on every process (ℓs averaged over them); logged, and kept in
+        :attr:`smart_calibrations` with the probe it is (:attr:`smart_probes`)."""
+        self._smart_calibration_due = False
+        device: torch.device = self.device  # type: ignore[attr-defined]
+        trainer = getattr(self, "_trainer", None)
+        reduce = None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
+        start = time.perf_counter()
+        with replayed(rng_snapshot(device), device):
+            found = probe.calibrate(self, batch, batch_idx, step, self._smart_radius, reduce)
+        self.smart_calibration_s += time.perf_counter() - start
+        self._smart_radius = found.epsilon
+        self.smart_calibrations.append(found)
+        result = probe.ProbeResult(step, dict(found.tried)[found.epsilon], found.dropout_kl)
+        self.smart_probes.append(result)
+        self._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
+                         "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
+        self._smart_warn(probe.unreached_warning(found, self.smart.target_ratio))
+
+    def on_validation_start(self) -> None:
+        """``smart.epsilon=auto``: the first regularized step after a validation inside ``fit`` calibrates. Marked
+        at its start, so that a checkpoint written at its end carries it: a resumed run calibrates where the
+        uninterrupted one does."""
+        super().on_validation_start()  # type: ignore[misc]
+        if self.smart.auto and probe.inside_fit(self):
+            self._smart_calibration_due = True
+
     def on_validation_end(self) -> None:
         """After each validation inside ``fit``, the next regularized step probes again (with ``smart.probe``)."""
         super().on_validation_end()  # type: ignore[misc]
         self._smart_probing.after_validation(self)
+
+    def on_train_end(self) -> None:
+        """Warn where ``smart.epsilon=auto`` never calibrated: R_s was off the whole fit."""
+        super().on_train_end()  # type: ignore[misc]
+        if self.smart.auto and self.smart.lambda_s > 0 and self._smart_radius is None:
+            self._smart_warn("smart.epsilon=auto never calibrated in this fit (no validation ran before its last"
+                             " step), so R_s was off throughout: validate sooner (trainer.val_check_interval) or"
+                             " give a number")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With ``smart.epsilon=auto``: the radius in force, whether a calibration is due, and the calibrations."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        if self.smart.auto:
+            checkpoint["smart_auto_epsilon"] = {
+                "epsilon": self._smart_radius, "due": self._smart_calibration_due,
+                "calibrations": [found._asdict() for found in self.smart_calibrations],
+                "calibration_s": self.smart_calibration_s}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` saved: a resumed run goes on with the radius it stopped at."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state = checkpoint.get("smart_auto_epsilon")
+        if self.smart.auto and state is not None:
+            self._smart_radius, self._smart_calibration_due = state["epsilon"], state["due"]
+            self.smart_calibrations = [
+                probe.Calibration(**(found | {"tried": tuple(map(tuple, found["tried"]))}))
+                for found in state["calibrations"]]
+            self.smart_calibration_s = state["calibration_s"]
 
     @staticmethod
     def _smart_warn(message: str | None) -> bool:
