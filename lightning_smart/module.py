@@ -253,8 +253,9 @@ class SmartLightningModule(SmartHooks):
         self._smart_warn(self._smart_precision.choose(self, batch, site))
 
     def _smart_check_modes(self) -> None:
-        """At the first training step: warn where dropout is off; refuse ``smart.epsilon=auto`` without it (no
-        reference) or without a validation inside the fit (no calibration)."""
+        """At the first training step: warn where dropout is off; refuse reentrant activation checkpointing (the
+        ascent cannot run through it), and ``smart.epsilon=auto`` without dropout (no reference) or without a
+        validation inside the fit (no calibration)."""
         self._smart_warn(probe.dropout_off_warning(self))  # type: ignore[arg-type]
         reentrant = sharding.reentrant_checkpointing_error(self) if self.smart.lambda_s > 0 else None  # type: ignore[arg-type]
         if reentrant:

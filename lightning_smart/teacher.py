@@ -1,4 +1,4 @@
-r"""``EMATeacherCallback``: the momentum Bregman proximal point teacher θ̃ (SPEC §2 steps 5 and 7, §4).
+r"""``EMATeacherCallback``: the momentum Bregman proximal point teacher θ̃, wired into Lightning.
 
 After each optimizer step (not each micro-batch):
 
@@ -8,50 +8,32 @@ After each optimizer step (not each micro-batch):
 
 with t the update's index, T the run's optimizer steps and w ``warmup_fraction`` (or one β from a half-life;
 with ``ema_warmup``, β is capped by Mean Teacher's 1 − 1/(t + 1)). μ may rise from 0 by a sigmoid ramp-up
-(``rampup``; :mod:`lightning_smart.schedule`). The teacher holds
-the trainable parameters only, in float32; frozen ones are shared with the student. Its forward
-swaps the EMA tensors in with :func:`torch.func.functional_call`: no copy of the module.
+(``rampup``; :mod:`lightning_smart.schedule`). θ̃ itself, its update and the forward that computes with it live in
+:mod:`lightning_smart.ema`: dense (one float32 copy of the trainable parameters, swapped in by ``functional_call``)
+or, under FSDP2 (``ModelParallelStrategy``), sharded like the parameters. The callback is the wiring: the schedule,
+the checks at setup, the hooks, and the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
+import torch.distributed.checkpoint as dcp
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from lightning_smart.config import TeacherConfig
+from lightning_smart.ema import EMA, ShardedEMA, ema_of
 from lightning_smart.schedule import ema_warmup, rampup
 
-
-class _Call(nn.Module):
-    """Calls any method of ``module`` while ``functional_call`` has swapped the teacher's tensors in."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(*args)
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Dropout off within the block; every submodule's own mode restored afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
+SHARDED_KEY = "smart_teacher."
+"""Under FSDP2's distributed checkpoint, θ̃'s shards are saved beside the model's, under this prefix."""
 
 
 class EMATeacherCallback(Callback):
@@ -86,23 +68,31 @@ class EMATeacherCallback(Callback):
         rampup: float = 0.0,
         ema_warmup: bool = False,
     ) -> None:
-        self.config = TeacherConfig(mu, beta, beta_final, warmup_fraction, half_life, dropout, validate, rampup,
-                                    ema_warmup)
+        self.config = TeacherConfig(mu=mu, beta=beta, beta_final=beta_final, warmup_fraction=warmup_fraction,
+                                    half_life=half_life, dropout=dropout, validate=validate, rampup=rampup,
+                                    ema_warmup=ema_warmup)
         self.mu = mu
-        self.ema: dict[str, Tensor] = {}
         self.num_updates = 0
         self.total_steps = 0
-        self._pairs: list[tuple[Tensor, Tensor]] = []
-        self._caller: _Call | None = None
-        self._swap: dict[str, Tensor] = {}
-        self._recast: list[tuple[str, Tensor, torch.dtype]] = []
+        self._ema: EMA | None = None
         self._restored: dict[str, Any] | None = None
+        self._checkpoint_path: Path | None = None
+        self._distributed_checkpoint = False
         self._last_global_step = 0
 
     @classmethod
     def from_config(cls, config: TeacherConfig) -> EMATeacherCallback:
-        return cls(config.mu, config.beta, config.beta_final, config.warmup_fraction, config.half_life,
-                   config.dropout, config.validate, config.rampup, config.ema_warmup)
+        return cls(**asdict(config))
+
+    @property
+    def ema(self) -> dict[str, Tensor]:
+        """θ̃: name (as the module's ``named_parameters``) → float32 tensor (a DTensor shard when sharded)."""
+        return self._ema.tensors if self._ema is not None else {}
+
+    @property
+    def sharded(self) -> bool:
+        """Whether θ̃ is sharded like the parameters (FSDP2)."""
+        return isinstance(self._ema, ShardedEMA)
 
     @property
     def state_key(self) -> str:
@@ -135,15 +125,10 @@ class EMATeacherCallback(Callback):
                 f" smart_forward and smart_teacher). Put the mixin first in its bases, class {name}"
                 "(SmartLightningModule, L.LightningModule), or remove the callback."
             )
+        refuse_gathering_strategy(trainer.strategy)
         strategy = trainer.strategy
-        sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or (
-            isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
-        )
-        if sharded:
-            raise ValueError(
-                f"EMATeacherCallback does not support {type(strategy).__name__}: it shards the parameters and the"
-                " teacher would hold one shard. Use strategy='ddp' (or DeepSpeed stage 1-2), or teacher=off."
-            )
+        self._distributed_checkpoint = isinstance(strategy, ModelParallelStrategy) and bool(
+            strategy._save_distributed_checkpoint)  # the strategy's own setting: a folder of shards, or one file
         if self.config.validate and not callable(getattr(pl_module, "teacher_validation_step", None)):
             raise ValueError(
                 f"teacher.validate=true needs {type(pl_module).__name__}.teacher_validation_step(batch, batch_idx)"
@@ -151,13 +136,12 @@ class EMATeacherCallback(Callback):
             )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        trainable: dict[str, Tensor] = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        # θ̃ starts at the weights the fit starts from: after the strategy has moved, sharded and broadcast them. A
+        # checkpoint's θ̃ replaces it where the strategy restores: before this hook (dense), or after it (FSDP2).
+        trainable = {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
+        self._ema = ema_of(trainable)
         if self._restored is not None:
-            self._load_into(trainable, self._restored)
-        else:
-            self.ema = {name: p.detach().float().clone() for name, p in trainable.items()}
-        self._pairs = [(self.ema[name], p) for name, p in trainable.items()]
-        self._bind(pl_module)
+            self._load(self._restored)
         pl_module.smart_teacher = self  # type: ignore[assignment]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -182,43 +166,31 @@ class EMATeacherCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         pl_module.smart_teacher = None  # type: ignore[assignment]
 
-    @torch.no_grad()
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # 7. Once per optimizer step: global_step moves only when the optimizer stepped.
-        if trainer.global_step == self._last_global_step:
+        if trainer.global_step == self._last_global_step or self._ema is None:
             return
         self._last_global_step = trainer.global_step
-        ema = [e for e, _ in self._pairs]
-        params = [p.detach() if p.dtype == torch.float32 else p.detach().float() for _, p in self._pairs]
-        torch._foreach_lerp_(ema, params, 1.0 - self.beta_at(self.num_updates))
+        self._ema.update(1.0 - self.beta_at(self.num_updates))
         self.num_updates += 1
 
     # -- the teacher's forward ----------------------------------------------------------------
 
     def run_as_teacher(self, pl_module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` with θ̃ in place of the trainable weights, without gradient (dropout per config)."""
-        if self._caller is None or self._caller.module is not pl_module:
-            self._bind(pl_module)
-        assert self._caller is not None
-        for key, ema, dtype in self._recast:
-            self._swap[key] = ema.to(dtype)
-        with torch.no_grad(), (nullcontext() if self.config.dropout else _eval_mode(pl_module)):
-            return functional_call(self._caller, self._swap, (fn, *args), strict=False)
-
-    def _bind(self, pl_module: nn.Module) -> None:
-        """Build once what the teacher's forward swaps in: the EMA tensors themselves (updated in place), and a
-        cast copy, refreshed per call, only for a parameter that is not float32 (a half-precision model)."""
-        self._caller = _Call(pl_module)
-        dtypes = {name: p.dtype for name, p in pl_module.named_parameters() if name in self.ema}
-        self._swap = {f"module.{name}": ema for name, ema in self.ema.items()}
-        self._recast = [(f"module.{name}", ema, dtypes[name]) for name, ema in self.ema.items()
-                        if dtypes[name] != ema.dtype]
+        if self._ema is None:
+            raise RuntimeError("the teacher has no weights yet: they are taken at fit start")
+        return self._ema.run(pl_module, fn, *args, dropout=self.config.dropout)
 
     def teacher_outputs(self, module: Any, batch: Any) -> Tensor:
         """f(x; θ̃) on ``batch``, through the module's own ``smart_forward``."""
         return self.run_as_teacher(module, module.smart_forward, batch)  # type: ignore[no-any-return]
+
+    def full_ema(self) -> dict[str, Tensor]:
+        """θ̃ as whole tensors, e.g. to export the teacher; under FSDP2 a collective call (every rank calls it)."""
+        return self._ema.full() if self._ema is not None else {}
 
     def on_validation_batch_end(
         self,
@@ -229,33 +201,73 @@ class EMATeacherCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.config.validate and self.ema:
+        if self.config.validate and self._ema is not None:
             step: Callable[..., Any] = pl_module.teacher_validation_step  # type: ignore[assignment]
             self.run_as_teacher(pl_module, step, batch, batch_idx)
 
     # -- checkpoint ---------------------------------------------------------------------------
+    # Dense: θ̃ in this callback's state. FSDP2 with a distributed checkpoint (a folder, one file per rank): the
+    # callback's state is written by rank 0 alone, so θ̃'s shards go beside the model's, through distributed
+    # checkpointing, and are read back from the same folder. FSDP2 with a full checkpoint (one file): θ̃ gathered
+    # whole into the callback's state, each rank taking its shard back on load.
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": dict(self.ema), "num_updates": self.num_updates}
+        if self.sharded and self._distributed_checkpoint:
+            return {"ema": SHARDED_KEY, "num_updates": self.num_updates}
+        return {"ema": self.full_ema(), "num_updates": self.num_updates}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if self.sharded and self._distributed_checkpoint and "callbacks" in checkpoint:
+            checkpoint["state_dict"].update({SHARDED_KEY + name: e for name, e in self.ema.items()})
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._checkpoint_path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not isinstance(state_dict.get("ema"), dict) or not isinstance(state_dict.get("num_updates"), int):
+        ema = state_dict.get("ema")
+        if not (isinstance(ema, dict) or ema == SHARDED_KEY) or not isinstance(state_dict.get("num_updates"), int):
             raise ValueError(
                 "the checkpoint's EMATeacherCallback state is not a teacher's: expected keys 'ema' (name → tensor)"
                 f" and 'num_updates' (int), found {sorted(state_dict)}"
             )
-        self._restored = state_dict
         self.num_updates = state_dict["num_updates"]
+        self._restored = state_dict
+        if self._ema is not None:  # FSDP2 restores after fit start
+            self._load(state_dict)
 
-    def _load_into(self, trainable: dict[str, Tensor], state: dict[str, Any]) -> None:
-        saved: dict[str, Tensor] = state["ema"]
-        missing, unexpected = sorted(set(trainable) - set(saved)), sorted(set(saved) - set(trainable))
-        wrong = sorted(n for n in set(trainable) & set(saved) if saved[n].shape != trainable[n].shape)
-        if missing or unexpected or wrong:
-            raise ValueError(
-                "the checkpoint's teacher does not match this model's trainable parameters:"
-                f" missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
-            )
-        self.ema = {n: saved[n].to(device=p.device, dtype=torch.float32).clone() for n, p in trainable.items()}
+    def _load(self, state: dict[str, Any]) -> None:
+        assert self._ema is not None
+        saved = state["ema"]
+        if saved == SHARDED_KEY:
+            if not self.sharded or self._checkpoint_path is None:
+                raise ValueError(
+                    "the checkpoint's teacher was saved sharded (a distributed checkpoint under ModelParallelStrategy):"
+                    " resume it with the same strategy (trainer=fsdp)"
+                )
+            shards = {SHARDED_KEY + name: e for name, e in self.ema.items()}
+            dcp.load({"state_dict": shards}, checkpoint_id=self._checkpoint_path)
+        else:
+            self._ema.load(saved)
         self._restored = None
 
+
+def refuse_gathering_strategy(strategy: Any) -> None:
+    """Refuse the strategies whose sharding the teacher cannot follow without gathering the whole model.
+
+    Lightning's FSDP (FSDP1: flat parameters) and DeepSpeed ZeRO stage 3 partition the parameters behind their own
+    wrappers; θ̃ of one rank would be one flat shard, and a teacher's forward would need the whole model gathered.
+    FSDP2 (``ModelParallelStrategy``) keeps each parameter a DTensor, which the sharded teacher follows exactly.
+    """
+    gathering = isinstance(strategy, FSDPStrategy) or (
+        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
+    if gathering:
+        raise ValueError(
+            f"EMATeacherCallback does not support {type(strategy).__name__}: it shards the parameters behind its own"
+            " wrappers and the teacher would hold one flat shard or gather the whole model. Shard with FSDP2 instead:"
+            " trainer=fsdp in the app, or ModelParallelStrategy with fully_shard in configure_model (the teacher is"
+            " sharded like the parameters); or strategy='ddp' (or DeepSpeed stage 1-2), or teacher=off."
+        )

@@ -20,6 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_smart.config import ConfigError
 from lightning_smart.module import SmartLightningModule
+from lightning_smart.sharding import shard_transformer
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -63,6 +64,12 @@ def with_lora(model: nn.Module, lora: Mapping[str, Any], auto_class: str) -> nn.
     return get_peft_model(model, config)
 
 
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 class FineTuneTask(SmartLightningModule, pl.LightningModule):
     """Base of the app's tasks: a transformers model in ``self.model`` trained with SMART and AdamW.
 
@@ -92,6 +99,13 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
         if lora is not None:
             module = with_lora(module, lora, self.auto_class.__name__)
         return module.train()  # from_pretrained returns eval mode: dropout would be off in training
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (FSDP2), shard the model over the data-parallel mesh: each transformer
+        block, then the root (:func:`~lightning_smart.sharding.shard_transformer`). Other strategies: nothing."""
+        mesh, model = self.device_mesh, self.model
+        if mesh is not None and isinstance(model, nn.Module) and not _is_sharded(model):
+            shard_transformer(model, mesh["data_parallel"])
 
     def setup_metrics(self, test_names: Sequence[str]) -> None:
         """``val_metrics``, ``val_metrics_teacher`` and one collection per test set, from :meth:`metrics`."""

@@ -1,0 +1,139 @@
+"""SMART and its teacher under FSDP2 (``ModelParallelStrategy``, 2 CPU processes over gloo) against one process.
+
+Each fit runs ``fsdp_fit.py`` in a subprocess (the strategy re-launches its script per rank): 3 optimizer steps of
+SMART (λs = 1, K = 1) with the EMA teacher (μ = 1), the same global batches in one process and split over 2 ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert
+from fsdp_fit import tiny_llama
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+SCRIPT = Path(__file__).parent / "fsdp_fit.py"
+
+
+def fit(out: Path, *args: str, fails: bool = False) -> str:
+    """Run ``fsdp_fit.py`` into ``out``; its combined output (checked to end as ``fails`` says)."""
+    done = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    output = done.stdout + done.stderr
+    assert (done.returncode != 0) == fails, output[-3000:]
+    return output
+
+
+def losses(out: Path, ranks: int) -> list[float]:
+    """The global batch's loss per step: the mean of the ranks' (each the mean over an equal share of the batch)."""
+    per_rank = [json.loads((out / f"losses{r}.json").read_text()) for r in range(ranks)]
+    return [sum(step) / ranks for step in zip(*per_rank, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fsdp")
+    folders = {
+        "bert_single": ["--kind", "bert", "--devices", "1"],
+        "bert_fsdp": ["--kind", "bert", "--devices", "2"],
+        "llama_single": ["--kind", "llama", "--devices", "1"],
+        "llama_fsdp": ["--kind", "llama", "--devices", "2", "--checkpointing", "non-reentrant"],
+    }
+    for name, args in folders.items():
+        fit(root / name, *args)
+    return {name: root / name for name in folders}
+
+
+def _reference(kind: str, ema: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """An unsharded copy of the model holding θ̃ (the LightningModule's names are ``model.`` + the model's)."""
+    model = tiny_llama() if kind == "llama" else tiny_bert(dropout=0.0)
+    model.load_state_dict({n.removeprefix("model."): t for n, t in ema.items()})
+    return model.eval()
+
+
+def _teacher_errors(out: Path, kind: str) -> list[float]:
+    """Per rank: the largest difference between the teacher's outputs inside the last step (after its forwards) and
+    the unsharded reference holding the θ̃ of that moment."""
+    reference = _reference(kind, torch.load(out / "mid_step.pt")["ema"])
+    errors = []
+    for rank in (0, 1):
+        saved = torch.load(out / f"teacher_outputs{rank}.pt")
+        batch = saved["batch"]
+        with torch.no_grad():
+            expected = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        errors.append((saved["outputs"] - expected).abs().max().item())
+    return errors
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str, Path], kind: str) -> None:
+    single, sharded = runs[f"{kind}_single"], runs[f"{kind}_fsdp"]
+    alone, split = losses(single, 1), losses(sharded, 2)
+    assert len(alone) == 3 and alone[0] != alone[-1]
+    assert max(abs(a - b) for a, b in zip(alone, split, strict=True)) <= 1e-6
+    one, two = torch.load(single / "end.pt"), torch.load(sharded / "end.pt")
+    assert one["ema"].keys() == two["ema"].keys() and len(one["ema"]) > 10
+    for name, ema in one["ema"].items():
+        assert ema.dtype == two["ema"][name].dtype == torch.float32
+        torch.testing.assert_close(two["ema"][name], ema, rtol=0, atol=1e-6, msg=name)
+        assert not torch.equal(ema, one["student"][name])  # θ̃ lags the student: the check compares teachers
+    for name, weight in one["student"].items():
+        torch.testing.assert_close(two["student"][name], weight, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_sharded_teacher_outputs_equal_an_unsharded_copy_holding_theta_tilde(runs: dict[str, Path], kind: str) -> None:
+    assert _teacher_errors(runs[f"{kind}_fsdp"], kind) == [0.0, 0.0]
+
+
+def test_a_functional_call_teacher_is_caught_mixing_student_and_teacher(tmp_path: Path) -> None:
+    # functional_call with θ̃ whole, after the step's forwards: FSDP2's root unit is still gathered with the student's
+    # weights, the other units gather theirs at their forward: the "teacher" silently mixes the two.
+    fit(tmp_path, "--kind", "bert", "--devices", "2", "--functional-call")
+    assert min(_teacher_errors(tmp_path, "bert")) > 1e-3
+
+
+def test_sharded_resume_mid_run_is_exact(runs: dict[str, Path], tmp_path: Path) -> None:
+    fit(tmp_path / "stopped", "--kind", "bert", "--devices", "2", "--stop-at", "2")
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "step2.ckpt"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    fit(tmp_path / "resumed", "--kind", "bert", "--devices", "2", "--resume", str(checkpoint))
+    straight, resumed = torch.load(runs["bert_fsdp"] / "end.pt"), torch.load(tmp_path / "resumed" / "end.pt")
+    for part in ("ema", "student"):
+        assert straight[part].keys() == resumed[part].keys()
+        assert all(torch.equal(straight[part][n], resumed[part][n]) for n in straight[part]), part
+    assert losses(tmp_path / "stopped", 2) + losses(tmp_path / "resumed", 2) == losses(runs["bert_fsdp"], 2)
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_sharded_export_loads_with_the_auto_classes_and_gives_the_module_logits(runs: dict[str, Path],
+                                                                                kind: str) -> None:
+    out = runs[f"{kind}_fsdp"]
+    saved = torch.load(out / "export_logits.pt")
+    assert saved["exported"] == {"model": "model", "teacher": "teacher"}
+    auto = AutoModelForCausalLM if kind == "llama" else AutoModelForSequenceClassification
+    batch = saved["batch"]
+    student = auto.from_pretrained(out / "export" / "model").eval()
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(logits, saved["logits"])
+    teacher = auto.from_pretrained(out / "export" / "teacher")
+    ema = torch.load(out / "end.pt")["ema"]
+    assert all(torch.equal(teacher.state_dict()[n.removeprefix("model.")], t) for n, t in ema.items())
+
+
+def test_reentrant_activation_checkpointing_is_refused_at_the_first_step(tmp_path: Path) -> None:
+    output = fit(tmp_path, "--kind", "llama", "--devices", "2", "--checkpointing", "reentrant", fails=True)
+    assert (
+        "lightning_smart.config.ConfigError: LlamaModel runs activation checkpointing with use_reentrant=True, which"
+        " the SMART ascent (torch.autograd.grad on δ) cannot run through: enable it as"
+        " gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False}) (transformers'"
+        " default), or set smart.lambda_s=0"
+    ) in output
+    assert not (tmp_path / "losses0.json").exists()  # before the first step's loss
