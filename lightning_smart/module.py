@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_smart import precision, probe
+from lightning_smart import precision, probe, sharding
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.guard import guard_subclass
 from lightning_smart.hooks import SmartHooks
@@ -253,9 +253,13 @@ class SmartLightningModule(SmartHooks):
         self._smart_warn(self._smart_precision.choose(self, batch, site))
 
     def _smart_check_modes(self) -> None:
-        """At the first training step: warn where dropout is off; refuse ``smart.epsilon=auto`` without it (no
-        reference) or without a validation inside the fit (no calibration)."""
+        """At the first training step: warn where dropout is off; refuse reentrant activation checkpointing (the
+        ascent cannot run through it), and ``smart.epsilon=auto`` without dropout (no reference) or without a
+        validation inside the fit (no calibration)."""
         self._smart_warn(probe.dropout_off_warning(self))  # type: ignore[arg-type]
+        reentrant = sharding.reentrant_checkpointing_error(self) if self.smart.lambda_s > 0 else None  # type: ignore[arg-type]
+        if reentrant:
+            raise ConfigError(reentrant)
         if not (self.smart.auto and self.smart.lambda_s > 0):
             return
         refusal = probe.no_dropout_error(self)  # type: ignore[arg-type]
