@@ -3,7 +3,7 @@
 ``ModelParallelStrategy`` re-launches this script once per rank, so :mod:`test_fsdp` runs it in a subprocess:
 
     python tests/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--stop-at K | --resume CKPT] [--functional-call]
-        [--checkpointing reentrant|non-reentrant]
+        [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast]
 
 Each rank writes to ``OUT``: its per-step losses, and at the last step (after the step's forwards, where FSDP2's
 root unit is still gathered) the teacher's outputs on its batch, with the batch. Rank 0 also writes θ̃ and the
@@ -15,6 +15,7 @@ tensors, to show that the checks of :mod:`test_fsdp` catch the silent student/te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.func import functional_call
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -35,6 +37,7 @@ from conftest import VOCAB, tiny_bert, token_examples
 from lightning_smart import EMATeacherCallback, SmartConfig
 from lightning_smart.ema import ShardedEMA, eval_mode
 from lightning_smart.export import export_pretrained
+from lightning_smart.sharding import shard_transformer
 from lightning_smart.tasks import CausalLMTask, SequenceTask
 
 GLOBAL_BATCH = 8
@@ -76,11 +79,17 @@ class Recorded:
         self.out, self.steps = out, steps
 
 
-def task_class(kind: str) -> type:
+def task_class(kind: str, mp_policy: bool) -> type:
     base = CausalLMTask if kind == "llama" else SequenceTask
 
     class Task(base):  # type: ignore[misc,valid-type]
         recorded: Recorded
+
+        def configure_model(self) -> None:
+            if not mp_policy:
+                return super().configure_model()
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            shard_transformer(self.model, self.device_mesh["data_parallel"], mp_policy=policy)
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             loss = self.smart_loss(batch, batch_idx)
@@ -136,6 +145,8 @@ def main() -> None:
     parser.add_argument("--resume", type=Path, default=None)
     parser.add_argument("--functional-call", action="store_true")
     parser.add_argument("--checkpointing", choices=["reentrant", "non-reentrant"], default=None)
+    parser.add_argument("--mp-policy", action="store_true", help="FSDP2's MixedPrecisionPolicy(param_dtype=bf16)")
+    parser.add_argument("--perturbed-precision", default="auto")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -148,9 +159,10 @@ def main() -> None:
     if args.checkpointing:  # before sharding, as a user enables it on the model they load
         reentrant = args.checkpointing == "reentrant"
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
-    Task = task_class(kind)
-    task = Task(model, smart=SMART, lr=1e-2, warmup_ratio=0.0) if kind == "llama" else Task(
-        model, num_labels=3, smart=SMART, lr=1e-2, warmup_ratio=0.0)
+    Task = task_class(kind, args.mp_policy)
+    smart = dataclasses.replace(SMART, perturbed_precision=args.perturbed_precision)
+    task = Task(model, smart=smart, lr=1e-2, warmup_ratio=0.0) if kind == "llama" else Task(
+        model, num_labels=3, smart=smart, lr=1e-2, warmup_ratio=0.0)
     task.recorded = Recorded(args.out, args.steps)
     teacher = EMATeacherCallback(mu=1.0, beta=0.5, beta_final=0.9, validate=False)
     sharded = args.devices > 1

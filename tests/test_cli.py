@@ -47,7 +47,7 @@ def test_every_group_has_its_presets() -> None:
     assert found["teacher"] == {"paper", "off", "half_life"}
     assert {"minilm", "minilm_l2", "hub", "causal_lm"} <= found["model"]
     assert {"movies", "movies_rating", "movies_ood", "trec", "csv", "jsonl", "hub", "sft", "tokens"} <= found["data"]
-    assert found["trainer"] == {"cpu", "gpu_bf16", "ddp"} and found["logger"] == {"csv", "tensorboard"}
+    assert found["trainer"] == {"cpu", "gpu_bf16", "ddp", "fsdp"} and found["logger"] == {"csv", "tensorboard"}
     assert found["callbacks"] == {"default"}
     assert found["hparams_search"] == {"optuna"} and found["experiment"]
 

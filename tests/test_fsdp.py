@@ -16,7 +16,11 @@ import pytest
 import torch
 from conftest import tiny_bert
 from fsdp_fit import tiny_llama
+from helpers_app import TINY, app_config, smart_train
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from lightning_smart.checks import check
+from lightning_smart.config import ConfigError
 
 SCRIPT = Path(__file__).parent / "fsdp_fit.py"
 
@@ -137,3 +141,80 @@ def test_reentrant_activation_checkpointing_is_refused_at_the_first_step(tmp_pat
         " default), or set smart.lambda_s=0"
     ) in output
     assert not (tmp_path / "losses0.json").exists()  # before the first step's loss
+
+
+def test_fp32_passes_are_refused_under_fsdp_mixed_precision_which_casts_every_pass(tmp_path: Path) -> None:
+    output = fit(tmp_path, "--devices", "2", "--mp-policy", "--perturbed-precision", "fp32", fails=True)
+    assert (
+        "lightning_smart.config.ConfigError: smart.perturbed_precision=fp32 cannot act: the model computes in"
+        " torch.bfloat16 without autocast (its weights are torch.bfloat16, or FSDP2's MixedPrecisionPolicy casts"
+        " them), so the perturbed passes cannot run in fp32."
+    ) in output
+    assert not (tmp_path / "losses0.json").exists()
+
+
+# -- the app: smart-train trainer=fsdp --------------------------------------------------------------------------
+
+APP = [*TINY, "trainer.accelerator=cpu", "trainer.precision=32-true", "checkpoint.save_top_k=1",
+       "checkpoint.save_last=true"]
+
+
+def _outputs(out: Path) -> set[str]:
+    """What a run wrote, by relative path (a distributed checkpoint, a folder, counts as one entry)."""
+    found = set()
+    for path in out.rglob("*"):
+        parents = {p.suffix for p in path.relative_to(out).parents}
+        if (".ckpt" not in parents and path.is_file()) or path.suffix == ".ckpt":
+            found.add(str(path.relative_to(out)))
+    return found
+
+
+def test_smart_train_with_trainer_fsdp_writes_what_a_single_process_run_writes(tmp_path: Path) -> None:
+    single = smart_train([*APP, f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = smart_train(["trainer=fsdp", "trainer.devices=2", *APP, f"hydra.run.dir={tmp_path / 'fsdp'}"],
+                          cwd=tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    one, two = _outputs(tmp_path / "single"), _outputs(tmp_path / "fsdp")
+    assert one <= two and two - one == {"train_ddp_process_1.log"}  # Hydra's log of the re-launched rank 1
+    assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt").is_dir()  # a distributed checkpoint: one shard per rank
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("single", "fsdp")]
+    assert summaries[0].keys() == summaries[1].keys() and summaries[1]["steps"] == 4
+    assert summaries[0]["val"].keys() == summaries[1]["val"].keys()
+    teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "teacher")
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "model")
+    assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters(), strict=True))
+
+
+REFUSED = {
+    "devices": (["trainer=fsdp", "trainer.devices=auto"], "trainer.devices='auto' is not allowed: with trainer=fsdp,"
+                " the number of processes to shard over, an integer ≥ 1 (the data-parallel mesh has that size)"),
+    "tensor parallel": (["trainer=fsdp", "trainer.strategy.tensor_parallel_size=2"],
+                        "trainer.strategy.tensor_parallel_size=2 is not allowed: 1: tensor parallelism needs a plan"
+                        " for the model's layers"),
+    "uneven shards": (["trainer=fsdp", "trainer.devices=2", "data.train_size=63"],
+                      "data.train_size=63 is not allowed: a multiple of the 2 processes (trainer.devices ×"
+                      " trainer.num_nodes): each takes every 2-th training example, and the sampler would repeat 1"
+                      " to even them out"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_fsdp_settings_that_would_fail_mid_run_are_refused_before_training(case: str, tmp_path: Path) -> None:
+    overrides, message = REFUSED[case]
+    with app_config([*APP, *overrides]) as cfg, pytest.raises(ConfigError) as refused:
+        check(cfg)
+    assert str(refused.value).startswith(message)
+
+
+def test_fsdp_is_refused_under_multirun_before_training(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", "seed=1,2", "trainer=fsdp", "trainer.devices=2", *APP, f"hydra.sweep.dir={sweep}"]
+    result = smart_train(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        "trainer=fsdp (ModelParallelStrategy) re-launches the command line in each worker, which under --multirun"
+        " would start the whole sweep again in every worker, and it has no spawning variant: run each job as a"
+        " smart-train command of its own, or sweep with trainer.strategy=ddp_spawn"
+    ) in result.stderr, result.stderr[-2000:]
+    assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*/checkpoints"))

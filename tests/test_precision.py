@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lightning_smart import SmartConfig
+from lightning_smart import ConfigError, SmartConfig
 from lightning_smart.perturbation import captured, sample_noise
 from lightning_smart.tasks import SequenceTask
 
@@ -126,3 +126,35 @@ def test_epsilon_below_bf16_resolution_warns_once_under_autocast_only(minilm_pat
             warnings.simplefilter("error")
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 quiet.training_step(minilm_batch, 0)
+
+
+def test_a_model_computing_in_bf16_without_autocast_refuses_fp32_and_warns_with_a_remedy_that_can_act(
+    minilm_path: str, minilm_batch: dict
+) -> None:
+    # bf16 weights and no autocast: what FSDP2's MixedPrecisionPolicy(param_dtype=bfloat16) does to each unit's
+    # forward too. No pass can leave for fp32, so fp32 is refused rather than silently ignored.
+    forced = SequenceTask(minilm_path, num_labels=2, model_overrides={"num_hidden_layers": 1},
+                          smart=SmartConfig(probe=False, perturbed_precision="fp32"))
+    forced.model.to(torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in forced.named_parameters()}
+    with pytest.raises(ConfigError) as refused:
+        forced.training_step(minilm_batch, 0)
+    assert str(refused.value) == (
+        "smart.perturbed_precision=fp32 cannot act: the model computes in torch.bfloat16 without autocast (its weights"
+        " are torch.bfloat16, or FSDP2's MixedPrecisionPolicy casts them), so the perturbed passes cannot run in fp32."
+        " Keep the weights float32 and train with trainer.precision=bf16-mixed (autocast; fully_shard without"
+        " mp_policy), or set smart.perturbed_precision=auto"
+    )
+    assert all(torch.equal(p, before[n]) for n, p in forced.named_parameters())
+    auto = SequenceTask(minilm_path, num_labels=2, model_overrides={"num_hidden_layers": 1},
+                        smart=SmartConfig(probe=False))
+    auto.model.to(torch.bfloat16)
+    with pytest.warns(UserWarning) as record:
+        auto.training_step(minilm_batch, 0)
+    (message,) = [str(w.message) for w in record if "resolves" in str(w.message)]
+    assert message.startswith("smart.epsilon=1e-05 (absolute; radius 1.00e-05) is below what torch.bfloat16 resolves")
+    assert message.endswith(
+        "The model computes in torch.bfloat16 without autocast (half-precision weights, or FSDP2's"
+        " MixedPrecisionPolicy), so no pass can run in fp32. Remedy: float32 weights with trainer.precision=bf16-mixed"
+        " (autocast; fully_shard without mp_policy), or smart.epsilon_scale=relative with smart.epsilon ≥ 1.6e-02."
+    )

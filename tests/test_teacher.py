@@ -147,8 +147,14 @@ class _StrategyOnly:
 def test_sharded_strategies_are_refused_at_fit_start(make) -> None:
     strategy = make()
     teacher = EMATeacherCallback()
-    with pytest.raises(ValueError, match=rf"EMATeacherCallback does not support {type(strategy).__name__}"):
+    with pytest.raises(ValueError) as refused:
         teacher.setup(_StrategyOnly(strategy), SequenceTask(tiny_bert(), num_labels=3), "fit")  # type: ignore[arg-type]
+    assert str(refused.value) == (
+        f"EMATeacherCallback does not support {type(strategy).__name__}: it shards the parameters behind its own"
+        " wrappers and the teacher would hold one flat shard or gather the whole model. Shard with FSDP2 instead:"
+        " trainer=fsdp in the app, or ModelParallelStrategy with fully_shard in configure_model (the teacher is"
+        " sharded like the parameters); or strategy='ddp' (or DeepSpeed stage 1-2), or teacher=off."
+    )
 
 
 def test_a_lora_teacher_holds_the_adapter_parameters_only() -> None:
