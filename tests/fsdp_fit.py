@@ -3,7 +3,7 @@
 ``ModelParallelStrategy`` re-launches this script once per rank, so :mod:`test_fsdp` runs it in a subprocess:
 
     python tests/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--stop-at K | --resume CKPT] [--functional-call]
-        [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast]
+        [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast] [--lora]
 
 Each rank writes to ``OUT``: its per-step losses, and at the last step (after the step's forwards, where FSDP2's
 root unit is still gathered) the teacher's outputs on its batch, with the batch. Rank 0 also writes θ̃ and the
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["reentrant", "non-reentrant"], default=None)
     parser.add_argument("--mp-policy", action="store_true", help="FSDP2's MixedPrecisionPolicy(param_dtype=bf16)")
     parser.add_argument("--perturbed-precision", default="auto")
+    parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (peft) and the head only")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -161,8 +162,9 @@ def main() -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     Task = task_class(kind, args.mp_policy)
     smart = dataclasses.replace(SMART, perturbed_precision=args.perturbed_precision)
-    task = Task(model, smart=smart, lr=1e-2, warmup_ratio=0.0) if kind == "llama" else Task(
-        model, num_labels=3, smart=smart, lr=1e-2, warmup_ratio=0.0)
+    lora = {"r": 4, "target_modules": ["query", "value"] if kind == "bert" else ["q_proj", "v_proj"]} if args.lora else None
+    task = Task(model, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora) if kind == "llama" else Task(
+        model, num_labels=3, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora)
     task.recorded = Recorded(args.out, args.steps)
     teacher = EMATeacherCallback(mu=1.0, beta=0.5, beta_final=0.9, validate=False)
     sharded = args.devices > 1

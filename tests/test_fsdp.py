@@ -48,6 +48,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bert_fsdp": ["--kind", "bert", "--devices", "2"],
         "llama_single": ["--kind", "llama", "--devices", "1"],
         "llama_fsdp": ["--kind", "llama", "--devices", "2", "--checkpointing", "non-reentrant"],
+        "lora_single": ["--kind", "bert", "--devices", "1", "--lora"],
+        "lora_fsdp": ["--kind", "bert", "--devices", "2", "--lora"],
     }
     for name, args in folders.items():
         fit(root / name, *args)
@@ -75,7 +77,7 @@ def _teacher_errors(out: Path, kind: str) -> list[float]:
     return errors
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("kind", ["bert", "llama", "lora"])
 def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str, Path], kind: str) -> None:
     single, sharded = runs[f"{kind}_single"], runs[f"{kind}_fsdp"]
     alone, split = losses(single, 1), losses(sharded, 2)
@@ -89,6 +91,20 @@ def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str,
         assert not torch.equal(ema, one["student"][name])  # θ̃ lags the student: the check compares teachers
     for name, weight in one["student"].items():
         torch.testing.assert_close(two["student"][name], weight, rtol=0, atol=1e-6, msg=name)
+    if kind == "lora":  # θ̃ of the adapter and the new head only, sharded like them
+        assert all("lora_" in name or "classifier" in name for name in two["ema"])
+
+
+def test_a_sharded_lora_run_exports_its_adapter_and_the_merged_model(runs: dict[str, Path]) -> None:
+    out = runs["lora_fsdp"]
+    saved = torch.load(out / "export_logits.pt")
+    assert saved["exported"] == {"adapter": "adapter", "model": "model", "teacher": "teacher"}
+    merged = AutoModelForSequenceClassification.from_pretrained(out / "export" / "model").eval()
+    batch = saved["batch"]
+    with torch.no_grad():
+        logits = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(logits, saved["logits"], rtol=0, atol=1e-6)  # merging rounds W + BA once
+    assert (out / "export" / "adapter" / "adapter_config.json").is_file()
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
