@@ -162,7 +162,8 @@ def main() -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
     Task = task_class(kind, args.mp_policy)
     smart = dataclasses.replace(SMART, perturbed_precision=args.perturbed_precision)
-    lora = {"r": 4, "target_modules": ["query", "value"] if kind == "bert" else ["q_proj", "v_proj"]} if args.lora else None
+    targets = ["query", "value"] if kind == "bert" else ["q_proj", "v_proj"]
+    lora = {"r": 4, "target_modules": targets} if args.lora else None
     task = Task(model, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora) if kind == "llama" else Task(
         model, num_labels=3, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora)
     task.recorded = Recorded(args.out, args.steps)
