@@ -369,6 +369,38 @@ def probe(task_name: str, weights: Path, bench: Bench, batches: int = 4, batch_s
     return rows
 
 
+def grid_ratios(task_name: str, seed: int, bench: Bench, weights: Path | None = None,
+                batches: int = 4) -> dict[str, Any]:
+    """The probe's ratio at every grid radius on each of the first ``batches`` training batches of a run of the
+    ``auto`` setting: at its step 0 (the head ``seed`` draws, as that run starts) or at the weights in ``weights``;
+    the radius auto would choose on each (smallest with ratio ≥ ``STRONG_RATIO``, ``None`` where none reaches it),
+    and whether the ratio grows with the radius on every batch."""
+    lr, steps = REGIMES[task_name]
+    cfg = compose_run(Run(task_name, "auto", ADVERSARIAL["auto"], seed, lr, steps), bench)
+    smart = SmartConfig(**OmegaConf.to_container(cfg.smart))  # type: ignore[arg-type]
+    data = instantiate(cfg.data, _convert_="all")
+    pl.seed_everything(seed, verbose=False)
+    task = SequenceTask(str(weights) if weights else cfg.model.name_or_path, num_labels=cfg.data.num_labels,
+                        smart=smart, model_overrides=OmegaConf.to_container(cfg.model.config))  # type: ignore[arg-type]
+    data.setup("fit")
+    task.train()
+    per_batch = []
+    for index, batch in enumerate(itertools.islice(data.train_dataloader(), batches)):
+        ratios = []
+        for radius in RADIUS_GRID:
+            task.smart = replace(smart, epsilon=radius)
+            with torch.random.fork_rng():
+                torch.manual_seed(index)  # the same dropout masks at every radius
+                found = task.smart_probe(batch, index)
+            ratios.append(found["perturbation_kl"] / found["dropout_kl"])
+        per_batch.append(ratios)
+    return {"kind": "grid_ratios", "task": task_name, "seed": seed, "weights": str(weights) if weights else None,
+            "radii": list(RADIUS_GRID), "ratios": per_batch,
+            "chosen": [next((r for r, x in zip(RADIUS_GRID, b, strict=True) if x >= STRONG_RATIO), None)
+                       for b in per_batch],
+            "monotone": all(a < b for row in per_batch for a, b in itertools.pairwise(row))}
+
+
 def acting_radii(probe_row: dict[str, Any]) -> tuple[float | None, float | None]:
     """(ε_act, ε_strong) of a stored probe: the smallest relative grid radius with ratio ≥ 1, resp. ≥ 10."""
     relative = sorted((s["epsilon"], s["ratio"]) for s in probe_row["settings"] if s["relative"])
@@ -515,6 +547,7 @@ def adversarial_report(rows: list[dict[str, Any]]) -> list[str]:
         if study:
             lines += study_tables(task, study, lazy_of=(), title=" (issue 19: the multi-radius attack)")
             lines += radius_tables(task, study, probes.get(task))
+            lines += auto_tables(task, study, probes.get(task))
             lines += reproduced(rows, study)
     return lines
 
@@ -528,9 +561,9 @@ TRAINING_RADIUS = {"mtdnn": 1.0, "mtdnn_teacher": 1.0}
 def training_radius(setting: str, probe_row: dict[str, Any] | None) -> float | None:
     if setting in TRAINING_RADIUS:
         return TRAINING_RADIUS[setting]
-    if probe_row is None or setting.removeprefix("lazy4_") not in ("act", "strong"):
+    if probe_row is None or setting.removeprefix("lazy4_") not in ("act", "strong", "auto"):
         return None
-    act, strong = acting_radii(probe_row)
+    act, strong = acting_radii(probe_row)  # auto is judged at the radius it replaces, ε_strong
     return act if setting.removeprefix("lazy4_") == "act" else strong
 
 
@@ -611,6 +644,68 @@ def radius_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, A
     return lines
 
 
+HAND_FIXED = "strong"
+"""The setting ``auto`` is judged against: R_s alone at the task's ε_strong, fixed by hand from the stored probe."""
+
+
+def auto_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, Any] | None) -> list[str]:
+    """``smart.epsilon=auto`` against the hand-fixed radius: the radius each seed's run calibrated after each
+    validation and ended at, the calibration's share of training time, the paired differences from plain and from
+    ``strong``, and the verdict of the rule: auto matches strong where its robust gain's interval (at ε_strong)
+    overlaps strong's and its clean and out-of-domain differences from strong are no worse (no interval below 0)."""
+    auto = sorted((r for r in study if r["setting"] == "auto"), key=lambda r: r["seed"])
+    if not auto:
+        return []
+    strong_radius = acting_radii(probe_row)[1] if probe_row else None
+    lines = [f"`smart.epsilon=auto` ({task}): the radius after each validation (step: radius, ratio there; * where "
+             f"no radius reached {STRONG_RATIO:g}), the radius it ended at against the hand-fixed ε_strong = "
+             f"{strong_radius}, and the calibration's share of training time:", "",
+             "| seed | calibrations | ends at | calibration s | share of training |", "|---|---|---|---|---|"]
+    for row in auto:
+        steps = ", ".join(f"{step}: {eps:g} ({dict(map(tuple, tried))[eps] / dropout:.3g}{'' if ok else '*'})"
+                          for step, eps, ok, dropout, tried in row["calibrations"])
+        lines.append(f"| {row['seed']} | {steps} | {row['epsilon']:g} | {row['calibration_s']:.1f} | "
+                     f"{100 * row['calibration_s'] / row['train_s']:.2f}% |")
+    ends = [r["epsilon"] for r in auto]
+    lines += ["", f"Ends at ε_strong in {sum(math.isclose(e, strong_radius) for e in ends) if strong_radius else 0} "
+              f"of {len(auto)} seeds; calibration {100 * max(r['calibration_s'] / r['train_s'] for r in auto):.2f}% "
+              "of training time at most.", ""]
+    plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
+    strong = {r["seed"]: r for r in study if r["setting"] == HAND_FIXED}
+    radii = study[0]["robust_radii"]["radii"]
+    at_strong = [r for r in (strong_radius,) if r is not None and any(math.isclose(r, x) for x in radii)]
+    splits = list(study[0]["splits"][:-1])  # val, the test split, the out-of-domain ones; robust is below
+    scores: dict[str, Any] = {split: (lambda row, s=split: headline(row, s)) for split in splits}
+    scores["clean (attacked examples)"] = lambda row: row["robust_radii"]["clean"]
+    for radius in at_strong:
+        scores[f"robust at {radius:g}"] = _at(radii, radius)
+    lines += ["Paired differences (points; mean over seeds, bootstrap 95% interval):", "",
+              "| comparison | seeds | " + " | ".join(scores) + " |", "|---" * (len(scores) + 2) + "|"]
+    cells: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name, mine, base in (("auto − plain", auto, plain), (f"{HAND_FIXED} − plain", list(strong.values()), plain),
+                             (f"auto − {HAND_FIXED}", auto, strong)):
+        paired = [r for r in mine if r["seed"] in base]
+        if not paired:
+            continue
+        cells[name] = {key: _paired(paired, base, score) for key, score in scores.items()}
+        lines.append(f"| {name} | {len(paired)} | " + " | ".join(
+            f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" for m, lo, hi in cells[name].values()) + " |")
+    lines.append("")
+    versus = cells.get(f"auto − {HAND_FIXED}")
+    if versus is None or not at_strong or len(auto) < MIN_SEEDS:
+        return [*lines, f"Verdict: not yet ({len(auto)} auto runs paired with {HAND_FIXED}).", ""]
+    robust = f"robust at {at_strong[0]:g}"
+    gain, hand = cells["auto − plain"][robust], cells[f"{HAND_FIXED} − plain"][robust]
+    overlaps = gain[1] <= hand[2] and hand[1] <= gain[2]
+    costs = [split for split in splits[1:] if versus[split][2] < 0]  # test and out of domain: worse than strong
+    verdict = "matches" if overlaps and not costs else "does not match"
+    said = [f"robust gain at {at_strong[0]:g} {gain[0]:+.1f} [{gain[1]:+.1f}, {gain[2]:+.1f}] against "
+            f"{HAND_FIXED}'s {hand[0]:+.1f} [{hand[1]:+.1f}, {hand[2]:+.1f}] ({'overlap' if overlaps else 'disjoint'})"]
+    said.append("no test or out-of-domain split worse than strong's" if not costs else
+                f"worse than strong (interval below 0) on {', '.join(costs)}")
+    return [*lines, f"Verdict: auto {verdict} {HAND_FIXED} on {task}: " + "; ".join(said) + ".", ""]
+
+
 def reproduced(rows: list[dict[str, Any]], study: list[dict[str, Any]]) -> list[str]:
     """Whether the reruns of runs stored before the multi-radius attack reproduce their metrics exactly."""
     before = {(r["task"], r["overrides"], r["seed"], r["lr"], r["steps"]): r for r in rows
@@ -656,7 +751,7 @@ def report(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("lr", "study", "probe", "adversarial", "report"))
+    parser.add_argument("command", choices=("lr", "study", "probe", "adversarial", "ratios", "report"))
     parser.add_argument("--task", choices=list(TASKS), default="movies")
     parser.add_argument("--settings", default=None,
                         help="comma-separated names of SETTINGS (study) or of ADVERSARIAL (adversarial)")
@@ -669,6 +764,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--quick", action="store_true", help="2-layer model, a few examples and steps")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="ratios: a run's saved final weights (default: the fresh head of step 0)")
+    parser.add_argument("--batches", type=int, default=4, help="ratios: how many training batches")
     args = parser.parse_args(argv)
     if args.command == "report":
         print(report(stored(args.out)))
@@ -683,6 +781,14 @@ def main(argv: list[str] | None = None) -> None:
     transformers_logging.set_verbosity_error()
     bench = QUICK if args.quick else Bench()
     index, count = (int(x) for x in args.shard.split("/"))
+    if args.command == "ratios":  # the ratio at each grid radius, at step 0 or at saved weights (auto's start)
+        bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH
+        for seed in parse_seeds(args.seeds or "0"):
+            row = grid_ratios(args.task, seed, bench, args.weights, batches=args.batches)
+            with (args.out / "ratios.jsonl").open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        return
     if args.command in ("probe", "adversarial"):
         bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH
         lr, steps = REGIMES[args.task]
