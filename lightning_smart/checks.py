@@ -32,6 +32,7 @@ from transformers import AutoConfig
 
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import TextDataModule
+from lightning_smart.robustness import check_eval
 from lightning_smart.schema import TrainerConf
 
 
@@ -175,12 +176,22 @@ def _check_targets(cfg: DictConfig) -> None:
                 raise ConfigError(f"logger.{name} needs TensorBoard: pip install tensorboard (or logger=csv)")
 
 
+def _check_eval(cfg: DictConfig) -> None:
+    """``eval.*``: the attack's values, and a task it can score (:func:`lightning_smart.robustness.check_eval`)."""
+    try:
+        kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
+    except Exception:  # an unimportable data._target_: instantiating it names the error
+        kind = "sequence"
+    check_eval(OmegaConf.to_container(cfg.eval.robust_radii), cfg.eval.robust_steps,  # type: ignore[arg-type]
+               cfg.eval.robust_batches, kind=kind, num_labels=cfg.data.num_labels)
+
+
 def check(cfg: DictConfig) -> Checked:
     """Validate everything that can be checked before training, writing nothing.
 
     The hyperparameters (their dataclasses' ranges), the seed and the optimizer's settings, the Trainer's values
     (as Lightning would take them), the model's config, the tokenizer and the data (files, columns, labels,
-    splits), the monitored metric and, in a sweep, the sweeper's direction. Raises
+    splits), the monitored metric, the end-of-run attack's values and, in a sweep, the sweeper's direction. Raises
     :class:`~lightning_smart.config.ConfigError` (or an OmegaConf error for a missing ``???`` value) naming the key
     or the file.
     """
@@ -195,6 +206,7 @@ def check(cfg: DictConfig) -> Checked:
     _check_targets(cfg)
     metric = _metric(cfg, teacher)
     _check_sweeper(cfg, metric)
+    _check_eval(cfg)
     try:
         data: TextDataModule = instantiate(cfg.data, _convert_="all")
     except InstantiationException as err:  # Hydra wraps the data module's own error, which names the key

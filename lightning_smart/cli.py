@@ -51,6 +51,7 @@ from lightning_smart.export import (
     summarize,
     write_json,
 )
+from lightning_smart.robustness import RobustEvaluation, refuse_sharded
 from lightning_smart.schema import register_configs
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
@@ -113,6 +114,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out),
                           enable_progress_bar=cfg.progress_bar, plugins=[AtomicCheckpointIO()])
     refuse_relaunch_under_multirun(trainer, cfg.trainer.strategy)
+    refuse_sharded(trainer.strategy, cfg.eval.robust_radii)
     return Run(checked, model, trainer, checkpoint, validation, teacher)
 
 
@@ -120,7 +122,9 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     """Fine-tune as ``cfg`` says, hand over the student (and teacher), test, and write ``summary.json``.
 
     The final student is saved in ``model/`` and the teacher, when validated, in ``teacher/`` (``save_pretrained``
-    folders with the tokenizer), before the test sets load the best checkpoint.
+    folders with the tokenizer), before the test sets load the best checkpoint. With ``eval.robust_radii``, robust
+    accuracy (:mod:`lightning_smart.robustness`) is measured on validation at the final weights, on each test split
+    at the weights its test used, and for the teacher from ``teacher/``.
 
     Args:
         cfg: the composed config.
@@ -150,16 +154,25 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     if trainer.is_global_zero:  # spawned workers keep the teacher: the main process exports the student alone
         ema = run.teacher.ema if run.teacher is not None and run.teacher.config.validate else None
         exported = export_pretrained(model, checked.data.tokenizer, out, ema)
+    robust = RobustEvaluation.from_config(cfg.eval, trainer, model,
+                                          out / exported["teacher"] if "teacher" in exported else None)
+    robust.run("val", checked.data.val_dataloader(), val)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     test: dict[str, dict[str, float]] = {}
+    test_teacher: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
         results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if best_path else None, verbose=False)
-        for name, result in zip(checked.data.test_names, results, strict=True):
+        loaders = checked.data.test_dataloader()
+        for name, result, loader in zip(checked.data.test_names, results, loaders, strict=True):
             test[name] = {k.removeprefix(f"test/{name}/"): float(v) for k, v in result.items()}
+            test_teacher[name] = {}
+            robust.run(f"test/{name}", loader, test[name], test_teacher[name])  # the weights the test just used
+    robust.log(trainer)
     summary = summarize(cfg, out, trainer, checked.metric, checked.data.stats, val=val, test=test, steps=steps,
                         skipped=skipped, best=(best_score, best_path), exported=exported,
                         wall_time_s=time.perf_counter() - start, curve=run.validation.curve,
-                        peak_memory=memory.read())
+                        peak_memory=memory.read(), robust=robust.summary(),
+                        test_teacher={k: v for k, v in test_teacher.items() if v})
     if trainer.is_global_zero:
         write_json(out / "summary.json", summary)
         print_summary(summary, out / "summary.json")

@@ -6,12 +6,15 @@ writes, beside :mod:`lightning_smart.sweep`'s aggregate, in the sweep's folder:
 
 - ``compare.md``: per setting, the monitored metric on validation and on each test split as median (IQR); the
   paired per-seed difference from plain with a bootstrap 95% interval; failed runs; seconds per run and the ratio
-  to plain; peak memory; a flag when plain's validation curve has not peaked; one plain-language line per setting;
-- ``compare.csv``: the same numbers, one row per setting and split;
+  to plain; peak memory; a flag when plain's validation curve has not peaked; with ``eval.robust_radii``, robust
+  accuracy at each radius on each split, paired the same way; one plain-language line per setting that weighs
+  the robustness a setting bought against its clean, out-of-domain and time cost;
+- ``compare.csv``: the same numbers, one row per setting, split and radius (empty for the clean metric);
 - ``compare.png``: the paired differences with their intervals.
 
 Plain is the setting whose runs have ``smart.lambda_s = 0`` and no teacher. The statistics are
-:mod:`lightning_smart.stats`'s, which ``benchmarks/quality.py`` uses too.
+:mod:`lightning_smart.stats`'s, which ``benchmarks/quality.py`` uses too. A run's seconds leave out its robust
+accuracy's attack, which costs every setting the same and measures rather than trains.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ from matplotlib.figure import Figure
 
 from lightning_smart import stats
 
+ROBUST = "robust_acc@"
+"""The prefix of robust accuracy's metrics in ``summary.json`` (``robust_acc@0.1``: at radius 0.1)."""
+
 
 @dataclass
 class SplitRow:
-    """One setting on one split: its spread over seeds and its paired difference from plain (points)."""
+    """One setting on one split (and radius): its spread over seeds and its paired difference from plain (points).
+
+    ``radius`` is ``None`` for the monitored metric, and the attack's radius for robust accuracy.
+    """
 
     setting: str
     split: str
+    radius: float | None
     n: int
     median: float
     q1: float
@@ -68,14 +78,28 @@ def lower_is_better(metric: str) -> bool:
     return metric.removeprefix("val/").endswith(("loss", "perplexity"))
 
 
-def _scores(summary: dict[str, Any], metric: str) -> dict[str, float]:
-    """The monitored metric on validation and on each test split: points (×100), or a loss's own units."""
+Column = tuple[str, "float | None"]
+"""A split and a radius (``None``: the monitored metric)."""
+
+
+def _scores(summary: dict[str, Any], metric: str) -> dict[Column, float]:
+    """The monitored metric on validation and on each test split (points, ×100, or a loss's own units), and robust
+    accuracy at each radius (points)."""
     name, scale = metric.removeprefix("val/"), 1.0 if lower_is_better(metric) else 100.0
-    scores = {"validation": scale * float(summary["score"])}
+    scores: dict[Column, float] = {("validation", None): scale * float(summary["score"])}
     for split, values in summary["test"].items():
         if name in values:
-            scores[split] = scale * float(values[name])
+            scores[split, None] = scale * float(values[name])
+    for split, values in [("validation", summary["val"]), *summary["test"].items()]:
+        for key, value in values.items():
+            if key.startswith(ROBUST):
+                scores[split, float(key.removeprefix(ROBUST))] = 100.0 * float(value)
     return scores
+
+
+def _seconds(summary: dict[str, Any]) -> float:
+    """The run's wall time less its robust accuracy's attack."""
+    return float(summary["wall_time_s"]) - float((summary.get("robust") or {}).get("seconds", 0.0))
 
 
 def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[list[SplitRow], list[str]] | None:
@@ -100,8 +124,11 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
     runs: dict[str, list[dict[str, Any]]] = {s: [m for n, m in zip(names, summaries, strict=True) if n == s]
                                              for s in settings}
     by_seed = {s: {int(m["config"]["seed"]): _scores(m, metric) for m in mine} for s, mine in runs.items()}
-    splits = list(dict.fromkeys(split for seeds in by_seed.values() for scores in seeds.values() for split in scores))
-    seconds = {s: statistics.median(m["wall_time_s"] for m in mine) for s, mine in runs.items()}
+    found = dict.fromkeys(column for seeds in by_seed.values() for scores in seeds.values() for column in scores)
+    order = list(dict.fromkeys(split for split, _ in found))
+    columns = [c for c in found if c[1] is None] + sorted((c for c in found if c[1] is not None),
+                                                          key=lambda c: (order.index(c[0]), c[1]))
+    seconds = {s: statistics.median(_seconds(m) for m in mine) for s, mine in runs.items()}
     memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in runs.items()}
     curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in runs[plain_name]])
     better = -1.0 if lower_is_better(metric) else 1.0  # differences are signed so that + is always a gain
@@ -112,26 +139,78 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
         failures = sum(map(_failed, runs[setting]))
         ratio = seconds[setting] / seconds[plain_name] if seconds[plain_name] > 0 else None
         peak = statistics.median(memory[setting]) if memory[setting] else None
-        for split in splits:
-            values = [scores[split] for scores in by_seed[setting].values() if split in scores]
+        for column in columns:
+            values = [scores[column] for scores in by_seed[setting].values() if column in scores]
             if not values:
                 continue
             median, q1, q3 = stats.quartiles(values)
-            diffs = [better * d for d in stats.paired_differences(
-                {k: v[split] for k, v in by_seed[setting].items() if split in v},
-                {k: v[split] for k, v in by_seed[plain_name].items() if split in v})]
+            sign = better if column[1] is None else 1.0  # robust accuracy: higher is better
+            diffs = [sign * d for d in stats.paired_differences(
+                {k: v[column] for k, v in by_seed[setting].items() if column in v},
+                {k: v[column] for k, v in by_seed[plain_name].items() if column in v})]
             paired = bool(diffs) and setting != plain_name
             mean, low, high = stats.bootstrap(diffs) if paired else (None, None, None)
-            rows.append(SplitRow(setting, split, len(values), median, q1, q3, len(diffs) if paired else 0, mean,
-                                 low, high, failures, seconds[setting], ratio, peak))
-    return rows, _markdown(rows, settings, plain_name, splits, metric, curve, unpeaked, runs)
+            rows.append(SplitRow(setting, column[0], column[1], len(values), median, q1, q3,
+                                 len(diffs) if paired else 0, mean, low, high, failures, seconds[setting], ratio, peak))
+    return rows, _markdown(rows, settings, plain_name, columns, metric, curve, unpeaked, runs)
 
 
-def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: list[str], metric: str,
+def _cell(row: SplitRow | None) -> str:
+    if row is None or row.diff_mean is None:
+        return "–"
+    assert row.diff_low is not None and row.diff_high is not None
+    return stats.interval((row.diff_mean, row.diff_low, row.diff_high))
+
+
+def _difference(row: SplitRow) -> stats.Difference:
+    assert row.diff_mean is not None and row.diff_low is not None and row.diff_high is not None
+    return row.diff_mean, row.diff_low, row.diff_high
+
+
+def _label(column: Column) -> str:
+    return column[0] if column[1] is None else f"{column[0]} @{column[1]:g}"
+
+
+def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """How the runs' robust accuracy was measured, from the first run that measured it."""
+    robust = next((m["robust"] for mine in runs.values() for m in mine if m.get("robust")), None)
+    if robust is None:
+        return "the PGD attack of lightning_smart.attack"
+    norm = "ℓ∞" if robust.get("norm", "inf") == "inf" else "ℓ2"
+    examples = ", ".join(f"{split.removeprefix('test/')} {n}" for split, n in robust.get("examples", {}).items())
+    return (f"PGD, {norm}, radius r × each token's RMS, {robust['steps']} steps, on {examples} examples; an example"
+            " counts at r when it is right on the clean input and under every attack of radius ≤ r")
+
+
+def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str, radii: list[float],
+                tests: list[str], ood: set[str], val: SplitRow, clean_tests: list[SplitRow]) -> str:
+    """The verdict's robustness part: robust accuracy at each radius, against the clean, out-of-domain and time cost
+    (:func:`~lightning_smart.stats.robustness_verdict`); empty without robust accuracy."""
+    attacked = []
+    for radius in radii:
+        row = at.get((setting, "validation", radius))
+        if row is None or row.diff_mean is None:
+            continue
+        confirming = [(split, _difference(t)) for split in tests
+                      if split not in ood and (t := at.get((setting, split, radius))) is not None and t.diff_mean
+                      is not None]
+        attacked.append((radius, _difference(row), confirming))
+    if not attacked:
+        return ""
+    clean = [("validation", _difference(val))] + [(t.split, _difference(t)) for t in clean_tests if t.split not in ood]
+    out = [(t.split, _difference(t)) for t in clean_tests if t.split in ood]
+    return " " + stats.robustness_verdict(attacked, clean, out, val.time_ratio)
+
+
+def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: list[Column], metric: str,
               curve: list[tuple[int, float]], unpeaked: bool, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    at = {(r.setting, r.split): r for r in rows}
+    at = {(r.setting, r.split, r.radius): r for r in rows}
     memory_kind = next((m["peak_memory"]["what"] for mine in runs.values() for m in mine if m.get("peak_memory")),
                        "peak memory")
+    ood = {split for mine in runs.values() for m in mine for split in (m["config"].get("data") or {}).get("ood") or []}
+    clean = [c for c in columns if c[1] is None]
+    robust = [c for c in columns if c[1] is not None]
+    splits = [split for split, _ in clean]
     lower = lower_is_better(metric)
     unit = "its own units, lower is better" if lower else "points, ×100"
     lines = [f"# Does it pay? {len(settings) - 1} setting(s) against plain fine-tuning ({plain}), paired by seed",
@@ -139,39 +218,43 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
              " checkpoint's). Median (IQR) over seeds:", "",
              "| setting | runs | failed | " + " | ".join(splits) + " | s per run | × plain | peak MiB |",
              "|---" * (len(splits) + 6) + "|"]
+
+    def medians(setting: str, wanted: list[Column]) -> list[str]:
+        found = [at.get((setting, split, radius)) for split, radius in wanted]
+        return [f"{r.median:.1f} ({r.q1:.1f}–{r.q3:.1f})" if r is not None else "–" for r in found]
+
     for setting in settings:
         first = next(r for r in rows if r.setting == setting)
-        cells = [f"{at[setting, s].median:.1f} ({at[setting, s].q1:.1f}–{at[setting, s].q3:.1f})"
-                 if (setting, s) in at else "–" for s in splits]
         ratio = f"{first.time_ratio:.2f}" if first.time_ratio is not None else "–"
         peak = f"{first.peak_memory_mib:.0f}" if first.peak_memory_mib is not None else "–"
-        lines.append(f"| {setting} | {len(runs[setting])} | {first.failed} | " + " | ".join(cells)
+        lines.append(f"| {setting} | {len(runs[setting])} | {first.failed} | " + " | ".join(medians(setting, clean))
                      + f" | {first.seconds:.0f} | {ratio} | {peak} |")
+    if robust:
+        lines += ["", f"Robust accuracy (points) under attack at each radius r ({_attack(runs)}). Median (IQR) over"
+                  " seeds:", "", "| setting | " + " | ".join(map(_label, robust)) + " |",
+                  "|---" * (len(robust) + 1) + "|"]
+        lines += [f"| {setting} | " + " | ".join(medians(setting, robust)) + " |" for setting in settings]
     signed = "plain minus the setting, so + is a gain" if lower else "points"
     lines += ["", f"Paired difference from plain ({signed}; mean over seeds, bootstrap 95% interval over seeds):", "",
-              "| setting | seeds | " + " | ".join(splits) + " |", "|---" * (len(splits) + 2) + "|"]
+              "| setting | seeds | " + " | ".join(map(_label, columns)) + " |", "|---" * (len(columns) + 2) + "|"]
     verdicts = []
     for setting in settings:
         if setting == plain:
             continue
-        cells = []
-        for split in splits:
-            row = at.get((setting, split))
-            cells.append("–" if row is None or row.diff_mean is None
-                         else f"{row.diff_mean:+.1f} [{row.diff_low:+.1f}, {row.diff_high:+.1f}]")
-        val = at.get((setting, "validation"))
+        val = at.get((setting, "validation", None))
         seeds = val.seeds_paired if val else 0
+        cells = [_cell(at.get((setting, split, radius))) for split, radius in columns]
         lines.append(f"| {setting} | {seeds} | " + " | ".join(cells) + " |")
         if val is not None and val.diff_mean is not None:
-            assert val.diff_low is not None and val.diff_high is not None
-            said = stats.verdict((val.diff_mean, val.diff_low, val.diff_high), seeds, time_ratio=val.time_ratio,
+            said = stats.verdict(_difference(val), seeds, time_ratio=None if robust else val.time_ratio,
                                  failed_runs=val.failed, plain_not_peaked=unpeaked,
                                  unit="less loss" if lower else "points")
-            if val.diff_low > 0:  # a gain on validation: does each test split confirm it?
-                tests = [at[setting, s] for s in splits[1:] if (setting, s) in at and at[setting, s].diff_mean
-                         is not None]
-                said += "".join(f" {'Confirmed' if t.diff_low > 0 else 'Not confirmed'} on {t.split}:"  # type: ignore[operator]
-                                f" {t.diff_mean:+.1f} [{t.diff_low:+.1f}, {t.diff_high:+.1f}]." for t in tests)
+            tests = [t for s in splits[1:] if (t := at.get((setting, s, None))) is not None and t.diff_mean is not None]
+            if val.diff_low is not None and val.diff_low > 0:  # a gain on validation: does each test split confirm it?
+                said += "".join(f" {'Confirmed' if _difference(t)[1] > 0 else 'Not confirmed'} on {t.split}:"
+                                f" {stats.interval(_difference(t))}." for t in tests)
+            radii = [r for r in dict.fromkeys(radius for _, radius in robust) if r is not None]
+            said += _robustness(at, setting, radii, splits[1:], ood, val, tests)
             verdicts.append(f"- **{setting}**: {said}")
     points = ", ".join(f"{step}: {value:.3f}" if lower else f"{step}: {100 * value:.1f}" for step, value in curve)
     lines += ["", f"Plain's median validation curve (step: {metric}): {points or 'not recorded'}."]
@@ -183,30 +266,34 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, splits: lis
     lines += ["", "What the evidence says (validation decides; a test split confirms):", "", *verdicts, "",
               f"Failed: final validation accuracy within {100 * stats.FAILED_MARGIN:.0f} point of the majority"
               f" class's rate (Pearson < {stats.FAILED_PEARSON} for regression). Peak memory: {memory_kind}, median"
-              " over runs. Seconds: each run's wall time, median."]
+              " over runs. Seconds: each run's wall time, median" + (", less its robust accuracy's attack"
+                                                                     if robust else "") + "."]
+    if ood:
+        lines[-1] += f" Out of domain: {', '.join(s for s in splits if s in ood)} (data.ood)."
     return lines
 
 
 def plot(rows: list[SplitRow], path: Path) -> Path | None:
-    """``compare.png``: each setting's paired difference from plain, per split, with its 95% interval."""
+    """``compare.png``: each setting's paired difference from plain, per split (and radius, for robust accuracy),
+    with its 95% interval."""
     paired = [r for r in rows if r.diff_mean is not None]
     if not paired:
         return None
-    splits = list(dict.fromkeys(r.split for r in paired))
+    columns = list(dict.fromkeys((r.split, r.radius) for r in paired))
     settings = list(dict.fromkeys(r.setting for r in paired))
-    figure = Figure(figsize=(max(6.0, 1.6 + 1.4 * len(splits) * len(settings) ** 0.5), 4.2), layout="constrained")
+    figure = Figure(figsize=(max(6.0, 1.6 + 1.4 * len(columns) * len(settings) ** 0.5), 4.2), layout="constrained")
     axes = figure.add_subplot()
     width = 0.8 / len(settings)
     for k, setting in enumerate(settings):
-        mine = {r.split: r for r in paired if r.setting == setting}
-        xs = [i - 0.4 + width * (k + 0.5) for i, split in enumerate(splits) if split in mine]
-        means = [float(mine[s].diff_mean) for s in splits if s in mine]  # type: ignore[arg-type]
-        errors = [[mine[s].diff_mean - mine[s].diff_low for s in splits if s in mine],  # type: ignore[operator]
-                  [mine[s].diff_high - mine[s].diff_mean for s in splits if s in mine]]  # type: ignore[operator]
-        seeds = max(r.seeds_paired for r in mine.values())
+        mine = {(r.split, r.radius): _difference(r) for r in paired if r.setting == setting}
+        xs = [i - 0.4 + width * (k + 0.5) for i, column in enumerate(columns) if column in mine]
+        means = [mine[c][0] for c in columns if c in mine]
+        errors = [[mine[c][0] - mine[c][1] for c in columns if c in mine],
+                  [mine[c][2] - mine[c][0] for c in columns if c in mine]]
+        seeds = max(r.seeds_paired for r in paired if r.setting == setting)
         axes.errorbar(xs, means, yerr=errors, fmt="o", capsize=4, color=f"C{k}", label=f"{setting} ({seeds} seeds)")
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.set_xticks(range(len(splits)), splits)
+    axes.set_xticks(range(len(columns)), [_label(c).replace(" @", "\nunder attack @") for c in columns])
     axes.set(ylabel="difference from plain (points)", title="Paired difference from plain, bootstrap 95% interval")
     axes.grid(alpha=0.3, axis="y")
     axes.legend(fontsize="small")

@@ -172,13 +172,17 @@ def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out:
 def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data: dict[str, Any], *,
               val: dict[str, float], test: dict[str, dict[str, float]], steps: int, skipped: int,
               best: tuple[Any, str], exported: dict[str, str], wall_time_s: float,
-              curve: list[tuple[int, float]] | None = None, peak_memory: dict[str, Any] | None = None
+              curve: list[tuple[int, float]] | None = None, peak_memory: dict[str, Any] | None = None,
+              robust: dict[str, Any] | None = None, test_teacher: dict[str, dict[str, float]] | None = None
               ) -> dict[str, Any]:
     """``summary.json``'s content.
 
     Returns:
         ``metric`` and ``score`` (its final value), ``val`` and ``val_teacher`` (final validation metrics of the
-        student and of the teacher), ``test`` (per test set, best checkpoint), ``best`` (score and checkpoint),
+        student and of the teacher), ``test`` (per test set, best checkpoint), ``test_teacher`` (per test set, the
+        teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy, the ``robust_acc@<radius>``
+        metrics, was measured: :meth:`~lightning_smart.robustness.RobustEvaluation.summary`, or ``None``),
+        ``best`` (score and checkpoint),
         ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``wall_time_s``, ``curve`` (the
         monitored metric at each validation: ``[step, value]``), ``peak_memory`` (:class:`PeakMemory`), ``files`` (the
         metrics CSV, the last checkpoint, the exported ``model`` and ``teacher`` folders, relative to ``out``),
@@ -193,6 +197,8 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "val": {k: v for k, v in val.items() if not k.endswith("_teacher")},
         "val_teacher": {k.removesuffix("_teacher"): v for k, v in val.items() if k.endswith("_teacher")} or None,
         "test": test,
+        "test_teacher": test_teacher or None,
+        "robust": robust,
         "best": {"score": None if best_score is None else float(best_score),
                  "checkpoint": os.path.relpath(best_path, out) if best_path else None},
         "data": data,
@@ -265,9 +271,15 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
     for name, value in summary["val"].items():
         table.add_row(f"val/{name}", f"{value:.4f}", f"{teacher[name]:.4f}" if name in teacher else "—")
     for test_set, metrics in summary["test"].items():
+        teacher = (summary.get("test_teacher") or {}).get(test_set, {})
         for name, value in metrics.items():
-            table.add_row(f"test/{test_set}/{name}", f"{value:.4f}", "—")
+            table.add_row(f"test/{test_set}/{name}", f"{value:.4f}", f"{teacher[name]:.4f}" if name in teacher else "—")
     console = Console()
     console.print(table)
+    robust = summary.get("robust")
+    if robust:
+        batches = "every batch" if robust["batches"] is None else f"{robust['batches']} batches"
+        console.print(f"robust_acc@r: accuracy under PGD (ℓ{'∞' if robust['norm'] == 'inf' else '2'}, r × token RMS,"
+                      f" {robust['steps']} steps) on {batches} of each split, {robust['seconds']:.0f} s")
     if path is not None:
         console.print(f"summary: {path}")

@@ -139,6 +139,25 @@ class CheckpointConf:
 
 
 @dataclass
+class EvalConf:
+    """What the run measures beyond its task's metrics, after training (:mod:`lightning_smart.robustness`).
+
+    Args:
+        robust_radii: radii ε of the embedding-space PGD attack (:mod:`lightning_smart.attack`, ℓ∞, in units of
+            each token's RMS, at the site SMART perturbs), e.g. ``[0.03, 0.1]``: robust accuracy at each, on the
+            validation split and on every test split, for the student and the validated teacher. Empty
+            (default): no attack. Sequence classification only.
+        robust_steps: K, PGD's ascent steps at each radius.
+        robust_batches: how many evaluation batches of each split to attack: every k-th batch of the
+            length-sorted loader, so that they span the lengths; ``null`` attacks every batch.
+    """
+
+    robust_radii: list[float] = field(default_factory=list)
+    robust_steps: int = 5
+    robust_batches: int | None = 4
+
+
+@dataclass
 class AppConfig:
     """The whole run.
 
@@ -152,6 +171,7 @@ class AppConfig:
         trainer: ``lightning.pytorch.Trainer``'s arguments: :class:`TrainerConf`'s defaults, and any other.
         callbacks: Lightning callbacks by name, each a ``_target_`` entry that Hydra instantiates.
         logger: Lightning loggers by name, likewise.
+        eval: what the run measures after training beyond its task's metrics: :class:`EvalConf`.
     """
 
     smart: SmartConfig = field(default_factory=SmartConfig)
@@ -162,6 +182,7 @@ class AppConfig:
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    eval: EvalConf = field(default_factory=EvalConf)
     seed: int = 42
     metric: str | None = None
     test: bool = True

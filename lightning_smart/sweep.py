@@ -63,11 +63,14 @@ class Job:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Every final metric under its logged name: ``val/acc``, ``val/acc_teacher``, ``test/movies/acc``."""
+        """Every final metric under its logged name: ``val/acc``, ``val/acc_teacher``, ``test/movies/acc``,
+        ``test/movies/robust_acc@0.1_teacher``."""
         flat = {f"val/{k}": v for k, v in self.summary["val"].items()}
         flat |= {f"val/{k}_teacher": v for k, v in (self.summary["val_teacher"] or {}).items()}
         for test_set, values in self.summary["test"].items():
             flat |= {f"test/{test_set}/{k}": v for k, v in values.items()}
+        for test_set, values in (self.summary.get("test_teacher") or {}).items():
+            flat |= {f"test/{test_set}/{k}_teacher": v for k, v in values.items()}
         return flat
 
 

@@ -12,7 +12,7 @@ import pytest
 from helpers_app import TINY, smart_train
 
 from lightning_smart import stats
-from lightning_smart.compare import compare
+from lightning_smart.compare import compare, plot, write_csv
 
 
 def test_pairing_and_the_bootstrap_against_a_hand_computation() -> None:
@@ -74,6 +74,84 @@ def test_the_report_on_fixed_runs() -> None:
     assert "Confirmed on movies: +10.3 [" in text  # test differences +1, +2, +28: the gain holds on test
     assert compare(["plain", "plain"], summaries[::2][:2]) is None  # nothing to compare with
     assert compare(["a", "b"], summaries[1::2][:2]) is None  # no plain fine-tuning among them
+
+
+# Three seeds of plain and adversarial: clean accuracy on validation, on the movies test split and on tweets (out
+# of domain), and robust accuracy at two radii on each. With three seeds the bootstrap interval's ends are the
+# smallest and the largest difference (each has probability 1/27 > 2.5% of being every resample's).
+ROBUST_RUNS = {  # split: (plain per seed, adversarial per seed)
+    "acc": ([0.80, 0.80, 0.81], [0.79, 0.78, 0.78]),  # validation: -1, -2, -3 points: -2.0 [-3.0, -1.0]
+    "movies/acc": ([0.81, 0.82, 0.80], [0.81, 0.81, 0.81]),  # 0, -1, +1: +0.0 [-1.0, +1.0]
+    "tweets/acc": ([0.70, 0.72, 0.71], [0.66, 0.69, 0.69]),  # -4, -3, -2: -3.0 [-4.0, -2.0]
+    "robust_acc@0.03": ([0.50, 0.52, 0.51], [0.60, 0.58, 0.62]),  # +10, +6, +11: +9.0 [+6.0, +11.0]
+    "robust_acc@0.1": ([0.20, 0.25, 0.22], [0.22, 0.24, 0.26]),  # +2, -1, +4: +1.7 [-1.0, +4.0]
+    "movies/robust_acc@0.03": ([0.52, 0.50, 0.55], [0.60, 0.57, 0.58]),  # +8, +7, +3: +6.0 [+3.0, +8.0]
+    "movies/robust_acc@0.1": ([0.22, 0.22, 0.22], [0.25, 0.20, 0.24]),  # +3, -2, +2: +1.0 [-2.0, +3.0]
+    "tweets/robust_acc@0.03": ([0.40, 0.41, 0.42], [0.45, 0.44, 0.43]),  # +5, +3, +1: +3.0 [+1.0, +5.0]
+    "tweets/robust_acc@0.1": ([0.10, 0.10, 0.10], [0.10, 0.12, 0.08]),  # 0, +2, -2: +0.0 [-2.0, +2.0]
+}
+
+
+def _robust_summary(seed: int, adversarial: bool, wall: float) -> dict:
+    side = int(adversarial)
+    value = {key: runs[side][seed] for key, runs in ROBUST_RUNS.items()}
+    val = {k: v for k, v in value.items() if "/" not in k}
+    test = {split: {k.split("/")[1]: v for k, v in value.items() if k.startswith(f"{split}/")}
+            for split in ("movies", "tweets")}
+    return {"config": {"seed": seed, "smart": {"lambda_s": 1.0 if adversarial else 0.0}, "teacher": None,
+                       "data": {"ood": ["tweets"]}},
+            "metric": "val/acc", "score": val["acc"], "val": val, "test": test, "data": {"val_majority": 0.5},
+            "wall_time_s": wall, "curve": [[40, 0.7], [80, 0.7]], "peak_memory": None,
+            "robust": {"radii": [0.03, 0.1], "steps": 5, "batches": 4, "norm": "inf", "scale": "token RMS",
+                       "examples": {"val": 256, "test/movies": 256, "test/tweets": 128}, "teacher": False,
+                       "seconds": 20.0}}
+
+
+def test_the_robust_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> None:
+    names, summaries = [], []
+    for seed, (plain_s, adversarial_s) in enumerate([(100.0, 250.0), (110.0, 260.0), (90.0, 240.0)]):
+        names += ["plain", "adversarial"]
+        summaries += [_robust_summary(seed, False, plain_s), _robust_summary(seed, True, adversarial_s)]
+    result = compare(names, summaries)
+    assert result is not None
+    rows, lines = result
+    text = "\n".join(lines)
+    by = {(r.setting, r.split, r.radius): r for r in rows}
+    expected = {("validation", None): (-2.0, -3.0, -1.0), ("movies", None): (0.0, -1.0, 1.0),
+                ("tweets", None): (-3.0, -4.0, -2.0), ("validation", 0.03): (9.0, 6.0, 11.0),
+                ("validation", 0.1): (5 / 3, -1.0, 4.0), ("movies", 0.03): (6.0, 3.0, 8.0),
+                ("movies", 0.1): (1.0, -2.0, 3.0), ("tweets", 0.03): (3.0, 1.0, 5.0), ("tweets", 0.1): (0.0, -2.0, 2.0)}
+    for (split, radius), (mean, low, high) in expected.items():
+        row = by["adversarial", split, radius]
+        found = (row.diff_mean, row.diff_low, row.diff_high)
+        assert found == pytest.approx((mean, low, high), abs=1e-9), (split, radius)
+        assert row.seeds_paired == 3 and by["plain", split, radius].diff_mean is None
+    # Robust accuracy's spread over seeds, in points: the inclusive quartiles of three values.
+    assert (by["adversarial", "validation", 0.03].median, by["adversarial", "validation", 0.03].q1) == pytest.approx(
+        (60.0, 59.0))
+    # Seconds less the attack's 20 s: medians 80 and 230.
+    assert by["adversarial", "validation", 0.1].seconds == 230.0 and by["plain", "movies", 0.03].seconds == 80.0
+    assert by["adversarial", "tweets", None].time_ratio == pytest.approx(230 / 80)
+    assert ("| setting | validation @0.03 | validation @0.1 | movies @0.03 | movies @0.1 | tweets @0.03 | tweets @0.1 |"
+            in text)
+    assert "| plain | 51.0 (50.5–51.5) | 22.0 (21.0–23.5) | 52.0 (51.0–53.5) | 22.0 (22.0–22.0) |" in text
+    assert "PGD, ℓ∞, radius r × each token's RMS, 5 steps, on val 256, movies 256, tweets 128 examples" in text
+    assert ("| adversarial | 3 | -2.0 [-3.0, -1.0] | +0.0 [-1.0, +1.0] | -3.0 [-4.0, -2.0] | +9.0 [+6.0, +11.0] |"
+            " +1.7 [-1.0, +4.0] | +6.0 [+3.0, +8.0] | +1.0 [-2.0, +3.0] | +3.0 [+1.0, +5.0] | +0.0 [-2.0, +2.0] |"
+            in text)
+    assert ("- **adversarial**: -2.0 [-3.0, -1.0] points on validation over 3 seeds: a loss: the interval excludes 0."
+            " Under attack: at 0.03, +9.0 [+6.0, +11.0] points on validation, a gain (confirmed on movies: +6.0"
+            " [+3.0, +8.0]); at 0.1, +1.7 [-1.0, +4.0] points on validation, no evidence of a change. Out of domain"
+            " (clean): tweets -3.0 [-4.0, -2.0], a loss. In all: robustness at 0.03 for a clean loss on validation"
+            " and out of domain on tweets, at 2.9× the time.") in text
+    assert "less its robust accuracy's attack" in text and "Out of domain: tweets (data.ood)." in text
+    write_csv(rows, tmp_path / "compare.csv")
+    with (tmp_path / "compare.csv").open(newline="") as handle:
+        written = {(r["setting"], r["split"], r["radius"]): r for r in csv.DictReader(handle)}
+    assert float(written["adversarial", "movies", "0.03"]["diff_low"]) == pytest.approx(3.0)
+    assert written["adversarial", "movies", ""]["diff_mean"] == "0.0" and len(written) == 18
+    assert plot(rows, tmp_path / "compare.png") is not None
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_loss_is_compared_as_lower_is_better_in_its_own_units() -> None:

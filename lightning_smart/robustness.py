@@ -1,0 +1,209 @@
+"""Robust accuracy at the end of a run: :mod:`lightning_smart.attack`'s PGD on the run's own splits (SPEC §7).
+
+At each radius of ``eval.robust_radii`` (ℓ∞, in units of each token's RMS, at the site SMART perturbs), the attack
+runs on a few batches of each split: every k-th batch of the length-sorted evaluation loader, so that they span the
+lengths (what ``benchmarks/quality.py`` attacks). An example counts as robust at r when it is right on the clean
+input and under every attack of radius ≤ r (:func:`~lightning_smart.attack.robust_accuracy_by_radius`). The attack
+is deterministic (δ starts at zero, the model in eval mode, no random draw), so it leaves training's random stream
+and every other metric of the run as they were.
+
+The metrics are named like the task's: ``robust_acc@0.03`` under ``val/``, ``test/<split>/`` and with the
+``_teacher`` suffix for the teacher.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
+
+from lightning_smart.attack import robust_accuracy_by_radius
+from lightning_smart.config import ConfigError
+from lightning_smart.tasks import FineTuneTask, SequenceTask
+
+NORM = "inf"
+"""The attack's ball: ℓ∞ (each coordinate of δ within ε times its token's RMS), the study's."""
+
+
+def metric_name(radius: float) -> str:
+    """The logged name of robust accuracy at ``radius``.
+
+    Example:
+        >>> metric_name(0.03), metric_name(0.1)
+        ('robust_acc@0.03', 'robust_acc@0.1')
+    """
+    return f"robust_acc@{radius:g}"
+
+
+def check_eval(radii: Sequence[Any], steps: Any, batches: Any, *, kind: str, num_labels: int | None) -> None:
+    """Refuse, before training, values the attack cannot run with, or a task it cannot score.
+
+    Args:
+        radii, steps, batches: ``eval.robust_radii``, ``eval.robust_steps``, ``eval.robust_batches``.
+        kind: the data module's kind: ``sequence``, ``tokens`` (tagging) or ``sft``.
+        num_labels: ``data.num_labels`` (1: regression).
+
+    Raises:
+        ConfigError: naming the key and what is allowed.
+    """
+    radii = list(radii)
+    shown = f"eval.robust_radii={radii!r}"
+    if not radii:
+        return
+    if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0 for r in radii):
+        raise ConfigError(f"{shown} is not allowed: each radius must be a finite number > 0 (a multiple of each"
+                          " token's RMS)")
+    if len({metric_name(r) for r in radii}) < len(radii):
+        raise ConfigError(f"{shown} is not allowed: list each radius once")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"eval.robust_steps={steps!r} is not allowed: PGD's ascent steps, an integer ≥ 1")
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+        raise ConfigError(f"eval.robust_batches={batches!r} is not allowed: an integer ≥ 1, or null to attack every"
+                          " batch")
+    if kind != "sequence":
+        raise ConfigError(f"{shown} is not allowed with {kind} data: robust accuracy counts one prediction per"
+                          " example, and this task's outputs are per token (tagging, SFT); leave eval.robust_radii"
+                          " empty")
+    if num_labels == 1:
+        raise ConfigError(f"{shown} is not allowed with data.num_labels=1: a regression has no accuracy to attack;"
+                          " leave eval.robust_radii empty")
+
+
+def refuse_sharded(strategy: Strategy, radii: Sequence[float]) -> None:
+    """Refuse the attack under a strategy that shards the weights: it runs on one process's whole model.
+
+    Raises:
+        ConfigError: for FSDP (``ModelParallelStrategy``, ``FSDPStrategy``) and DeepSpeed stage 3, with radii listed.
+    """
+    sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or (
+        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
+    if radii and sharded:
+        raise ConfigError(f"eval.robust_radii={list(radii)!r} is not allowed with {type(strategy).__name__}: the attack"
+                          " runs on one process's whole model, and this strategy shards it; attack the exported model/"
+                          " folder afterwards (lightning_smart.attack), or train with trainer.strategy=ddp")
+
+
+def attacked_batches(loader: Iterable[Any], count: int | None) -> list[Any]:
+    """Every k-th batch of ``loader``, k = ⌊batches / count⌋ (at least 1), the first ``count`` of them; every batch
+    for ``count=None``.
+
+    Example:
+        >>> attacked_batches(range(10), 4), attacked_batches(range(3), 4), attacked_batches(range(3), None)
+        ([0, 2, 4, 6], [0, 1, 2], [0, 1, 2])
+    """
+    batches = list(loader)
+    if count is None:
+        return batches
+    stride = max(1, len(batches) // count)
+    return batches[::stride][:count]
+
+
+def robust_metrics(task: FineTuneTask, loader: Iterable[Any], radii: Sequence[float], *, steps: int,
+                   batches: int | None, device: torch.device) -> tuple[dict[str, float], int]:
+    """Robust accuracy of ``task``'s current weights at each radius, on :func:`attacked_batches` of ``loader``.
+
+    Runs in float32 on ``device`` (``task`` is moved there for the attack and back after).
+
+    Returns:
+        ``{metric_name(r): accuracy}`` for each radius, and the number of examples attacked.
+    """
+    home = next(task.parameters()).device
+    task.to(device)
+    try:
+        chosen = [move_data_to_device(batch, device) for batch in attacked_batches(loader, batches)]
+        result = robust_accuracy_by_radius(task, task.smart_perturbation_site(), task.smart_forward, chosen, radii,
+                                           steps=steps, norm=NORM, relative=True)
+    finally:
+        task.to(home)
+    accuracy = {metric_name(r): float(a) for r, a in zip(result["radii"], result["robust_acc"], strict=True)}
+    return accuracy, int(result["n"])
+
+
+class RobustEvaluation:
+    """A run's end-of-training attack: the student at its current weights, the teacher from its exported folder.
+
+    :meth:`run` attacks one split and adds the results to that split's metrics; :meth:`log` hands them all to the
+    run's loggers (``metrics.csv``) at the final step; :meth:`summary` says how they were measured. It acts on the
+    global-zero process only (where ``summary.json`` is written), and not at all with no radius.
+
+    Args:
+        radii, steps, batches: ``eval.robust_radii``, ``eval.robust_steps``, ``eval.robust_batches``.
+        student: the run's task.
+        device: where the attack runs (the strategy's root device).
+        teacher: the exported ``teacher/`` folder (``save_pretrained``), or ``None`` without a validated teacher.
+        active: whether this process attacks at all.
+    """
+
+    def __init__(self, radii: Sequence[float], steps: int, batches: int | None, student: FineTuneTask,
+                 device: torch.device, teacher: Path | None = None, active: bool = True) -> None:
+        self.radii = sorted(float(r) for r in radii) if active else []
+        self.steps, self.batches, self.student, self.device = steps, batches, student, device
+        self.teacher_folder = teacher
+        self._teacher: FineTuneTask | None = None
+        self.logged: dict[str, float] = {}
+        self.examples: dict[str, int] = {}
+        self.seconds = 0.0
+
+    @classmethod
+    def from_config(cls, eval_cfg: Any, trainer: pl.Trainer, student: FineTuneTask,
+                    teacher: Path | None) -> RobustEvaluation:
+        """From the run's ``eval`` section and its Trainer."""
+        return cls(list(eval_cfg.robust_radii), eval_cfg.robust_steps, eval_cfg.robust_batches, student,
+                   trainer.strategy.root_device, teacher, active=trainer.is_global_zero)
+
+    @property
+    def teacher(self) -> FineTuneTask | None:
+        """The teacher as a task of its own, loaded once from its folder (the EMA weights the run exported)."""
+        if self._teacher is None and self.teacher_folder is not None:
+            student: Any = self.student
+            self._teacher = SequenceTask(str(self.teacher_folder), num_labels=student.num_labels, smart=student.smart)
+        return self._teacher
+
+    def run(self, split: str, loader: Iterable[Any], into: dict[str, float],
+            into_teacher: dict[str, float] | None = None) -> None:
+        """Attack ``split`` (``val`` or ``test/<name>``) and add robust accuracy at each radius to ``into``; the
+        teacher's goes to ``into_teacher``, or to ``into`` with the ``_teacher`` suffix when that is ``None``."""
+        if not self.radii:
+            return
+        start = time.perf_counter()
+        loader = list(loader)  # iterated once per model
+        found, self.examples[split] = robust_metrics(self.student, loader, self.radii, steps=self.steps,
+                                                     batches=self.batches, device=self.device)
+        into |= found
+        self.logged |= {f"{split}/{name}": value for name, value in found.items()}
+        if self.teacher is not None:
+            found, _ = robust_metrics(self.teacher, loader, self.radii, steps=self.steps, batches=self.batches,
+                                      device=self.device)
+            if into_teacher is None:
+                into |= {f"{name}_teacher": value for name, value in found.items()}
+            else:
+                into_teacher |= found
+            self.logged |= {f"{split}/{name}_teacher": value for name, value in found.items()}
+        self.seconds += time.perf_counter() - start
+
+    def log(self, trainer: pl.Trainer) -> None:
+        """Every result so far, to each of the run's loggers, at the run's final step."""
+        if not self.logged:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(self.logged, step=trainer.global_step)
+            logger.save()
+
+    def summary(self) -> dict[str, Any] | None:
+        """How robust accuracy was measured, for ``summary.json`` (``None`` when it was not)."""
+        if not self.radii:
+            return None
+        return {"radii": self.radii, "steps": self.steps, "batches": self.batches, "norm": NORM,
+                "scale": "token RMS", "examples": dict(self.examples), "teacher": self.teacher_folder is not None,
+                "seconds": round(self.seconds, 1)}
+
+
+__all__ = ["NORM", "RobustEvaluation", "attacked_batches", "check_eval", "metric_name", "refuse_sharded",
+           "robust_metrics"]
