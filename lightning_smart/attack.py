@@ -19,8 +19,7 @@ outputs). With ``relative=True`` the ball is measured in units of each token's R
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_smart.divergence import is_regression
+from lightning_smart.ema import eval_mode
 from lightning_smart.perturbation import TINY, captured, expand_mask, per_example_norm, perturbed, project, token_rms
 
 
@@ -39,17 +39,6 @@ class PGDResult(NamedTuple):
     delta: Tensor
     """In the units of the ball: multiply by ``scale`` for the shift actually added (``relative=True``)."""
     scale: Tensor | None
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _attack_loss(outputs: Tensor, labels: Tensor) -> Tensor:
@@ -124,7 +113,7 @@ def pgd_attack(
             " call it outside, or use Trainer(inference_mode=False) to attack inside test_step"
         )
     alpha = 2.5 * epsilon / steps if step_size is None else step_size
-    with _eval_mode(module):
+    with eval_mode(module):
         with torch.no_grad(), captured(site) as record:
             clean = forward(batch)
         if record.output is None:

@@ -51,6 +51,10 @@ class EMATeacherCallback(Callback):
         rampup: fraction of the run's optimizer steps over which μ rises from 0 (sigmoid ramp-up).
         ema_warmup: cap β at 1 − 1/(t + 1) at the t-th update (Mean Teacher's true average at the start).
 
+    θ̃ takes the form the parameters call for (:func:`lightning_smart.ema.ema_of`): one float32 copy, or under
+    ``ModelParallelStrategy`` (FSDP2) float32 shards placed like the parameters'. Lightning's FSDP1 and DeepSpeed
+    stage 3 are refused at setup (:func:`refuse_gathering_strategy`).
+
     Example::
 
         trainer = Trainer(callbacks=[EMATeacherCallback(mu=1.0)])
