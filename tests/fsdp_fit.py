@@ -2,12 +2,12 @@
 
 ``ModelParallelStrategy`` re-launches this script once per rank, so :mod:`test_fsdp` runs it in a subprocess:
 
-    python tests/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--stop-at K | --resume CKPT] [--functional-call]
+    python tests/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--resume CKPT] [--functional-call]
         [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast] [--lora]
 
 Each rank writes to ``OUT``: its per-step losses, and at the last step (after the step's forwards, where FSDP2's
 root unit is still gathered) the teacher's outputs on its batch, with the batch. Rank 0 also writes θ̃ and the
-student gathered whole, both at that moment and at the end, and the exported ``model/`` and ``teacher/`` folders.
+student gathered whole (θ̃ alone at that moment, both at the end), and the exported folders.
 ``--functional-call`` replaces the sharded teacher's forward by a ``torch.func.functional_call`` swap of whole
 tensors, to show that the checks of :mod:`test_fsdp` catch the silent student/teacher mix it gives.
 """
@@ -59,17 +59,6 @@ def examples(kind: str, n: int) -> list[dict[str, torch.Tensor]]:
             row["attention_mask"] = torch.ones_like(row["attention_mask"])
             row["labels"] = row["input_ids"].clone()
     return rows
-
-
-class Stop(pl.Callback):
-    """Stops the fit after optimizer step ``at`` (checkpointed there), the schedules still those of the whole run."""
-
-    def __init__(self, at: int | None) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.at:
-            trainer.should_stop = True
 
 
 class Recorded:
@@ -141,7 +130,6 @@ def main() -> None:
     parser.add_argument("--kind", choices=["bert", "llama"], default="bert")
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--stop-at", type=int, default=None)
     parser.add_argument("--resume", type=Path, default=None)
     parser.add_argument("--functional-call", action="store_true")
     parser.add_argument("--checkpointing", choices=["reentrant", "non-reentrant"], default=None)
@@ -175,7 +163,7 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        callbacks=[teacher, checkpoint, Stop(args.stop_at)], num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[teacher, checkpoint], num_sanity_val_steps=0, limit_val_batches=0,
     )
     rows = examples(kind, args.steps * GLOBAL_BATCH)
     rank, world = (trainer.global_rank, trainer.world_size)

@@ -84,7 +84,7 @@ def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str,
     assert len(alone) == 3 and alone[0] != alone[-1]
     assert max(abs(a - b) for a, b in zip(alone, split, strict=True)) <= 1e-6
     one, two = torch.load(single / "end.pt"), torch.load(sharded / "end.pt")
-    assert one["ema"].keys() == two["ema"].keys() and len(one["ema"]) > 10
+    assert one["ema"].keys() == two["ema"].keys() and len(one["ema"]) >= 10
     for name, ema in one["ema"].items():
         assert ema.dtype == two["ema"][name].dtype == torch.float32
         torch.testing.assert_close(two["ema"][name], ema, rtol=0, atol=1e-6, msg=name)
@@ -120,15 +120,15 @@ def test_a_functional_call_teacher_is_caught_mixing_student_and_teacher(tmp_path
 
 
 def test_sharded_resume_mid_run_is_exact(runs: dict[str, Path], tmp_path: Path) -> None:
-    fit(tmp_path / "stopped", "--kind", "bert", "--devices", "2", "--stop-at", "2")
-    checkpoint = tmp_path / "stopped" / "checkpoints" / "step2.ckpt"
+    # The straight run saved a distributed checkpoint at every step: resumed from step 2's, the run ends as it did.
+    checkpoint = runs["bert_fsdp"] / "checkpoints" / "step2.ckpt"
     assert sorted(p.name for p in checkpoint.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     fit(tmp_path / "resumed", "--kind", "bert", "--devices", "2", "--resume", str(checkpoint))
     straight, resumed = torch.load(runs["bert_fsdp"] / "end.pt"), torch.load(tmp_path / "resumed" / "end.pt")
     for part in ("ema", "student"):
         assert straight[part].keys() == resumed[part].keys()
         assert all(torch.equal(straight[part][n], resumed[part][n]) for n in straight[part]), part
-    assert losses(tmp_path / "stopped", 2) + losses(tmp_path / "resumed", 2) == losses(runs["bert_fsdp"], 2)
+    assert losses(tmp_path / "resumed", 2) == losses(runs["bert_fsdp"], 2)[2:]
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
