@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -34,6 +35,7 @@ from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import TextDataModule
 from lightning_smart.robustness import check_eval
 from lightning_smart.schema import TrainerConf
+from lightning_smart.teacher import SHARDED_KEY
 
 
 @dataclass
@@ -102,7 +104,7 @@ _TRAINER_RULES: dict[str, tuple[Any, str]] = {
 def _trainer_error(trainer: DictConfig | ListConfig) -> BaseException | None:
     """Lightning's own error for these Trainer values, or ``None``: the Trainer is built with no logger, callback or
     checkpointing, so it writes nothing."""
-    target = OmegaConf.to_container(trainer)
+    target = OmegaConf.to_container(trainer, resolve=True)
     lightning_log = logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # "GPU available: ..." belongs to the run, not to its check
@@ -213,9 +215,31 @@ def check(cfg: DictConfig) -> Checked:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__ from None
         raise
-    data.load()
+    splits = data.load()
+    _check_processes(cfg, len(splits.train))
     _ = data.tokenizer
     return Checked(smart, teacher, data, metric)
+
+
+def _check_processes(cfg: DictConfig, train_examples: int) -> None:
+    """What a sharded (``trainer=fsdp``) or multi-process run would otherwise meet only once it runs."""
+    trainer = cfg.trainer
+    strategy = trainer.strategy
+    sharded = isinstance(strategy, DictConfig) and str(strategy.get("_target_", "")).endswith("ModelParallelStrategy")
+    devices = trainer.devices
+    if sharded:
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise _not_allowed("trainer.devices", devices, "with trainer=fsdp, the number of processes to shard over,"
+                               " an integer ≥ 1 (the data-parallel mesh has that size)")
+        if strategy.get("tensor_parallel_size", 1) != 1:
+            raise _not_allowed("trainer.strategy.tensor_parallel_size", strategy.tensor_parallel_size,
+                               "1: tensor parallelism needs a plan for the model's layers, which the app's tasks do not"
+                               " have (FSDP2 shards every weight over trainer.devices)")
+    world = devices * trainer.num_nodes if isinstance(devices, int) and not isinstance(devices, bool) else 1
+    if world > 1 and strategy not in ("auto", "single_device") and train_examples % world:
+        raise _not_allowed("data.train_size", train_examples, f"a multiple of the {world} processes"
+                           f" (trainer.devices × trainer.num_nodes): each takes every {world}-th training example, and"
+                           f" the sampler would repeat {world - train_examples % world} to even them out")
 
 
 def _key(cfg: DictConfig) -> str:
@@ -262,15 +286,11 @@ def _refused(err: pickle.UnpicklingError) -> tuple[str | None, str]:
     return (found[1] if found else None), (lines[-1].rstrip(".") if lines else type(err).__name__)
 
 
-def check_checkpoint(path: str, model: pl.LightningModule) -> None:
-    """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
-    key = f"ckpt_path={path!r}"
-    if not Path(path).is_file():
-        raise ConfigError(f"{key}: no such file (resume from a run's checkpoints/last.ckpt)")
+def _load_safely(path: Path, key: str) -> Any:
     try:
         # weights_only: tensors and plain containers only, as Lightning's own resume reads it. A file that pickles
         # anything else (a class, a function to call) is refused here, before that code can run.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         call, refused = _refused(err)
         if call is not None:  # a class or function to call: the way a crafted pickle runs code
@@ -280,13 +300,45 @@ def check_checkpoint(path: str, model: pl.LightningModule) -> None:
         raise ConfigError(f"{key} is not a readable checkpoint: UnpicklingError: {refused}") from None
     except Exception as err:  # torch raises zip and runtime errors alike for a file that is no checkpoint
         raise ConfigError(f"{key} is not a readable checkpoint: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"{key} is not a Lightning checkpoint: it has no 'state_dict'")
-    saved, ours = set(ckpt["state_dict"]), set(model.state_dict())
+
+
+def _sharded_checkpoint(folder: Path, key: str) -> tuple[Any, set[str], bool]:
+    """A distributed checkpoint (``trainer=fsdp``: a folder of shards and ``meta.pt``): its metadata, the model's
+    keys and whether it holds optimizer states, read without loading a tensor."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    if not (folder / "meta.pt").is_file():
+        raise ConfigError(f"{key} is a folder but not a distributed checkpoint (no meta.pt): resume from a run's"
+                          " checkpoints/last.ckpt")
+    meta = _load_safely(folder / "meta.pt", key)
+    try:
+        stored = set(FileSystemReader(str(folder)).read_metadata().state_dict_metadata)
+    except Exception as err:
+        raise ConfigError(f"{key} is not a readable checkpoint: {type(err).__name__}: {err}") from None
+    model = {k.removeprefix("state_dict.") for k in stored if k.startswith("state_dict.")}
+    return meta, {k for k in model if not k.startswith(SHARDED_KEY)}, any(k.startswith("optimizer_") for k in stored)
+
+
+def check_checkpoint(path: str, model: pl.LightningModule) -> None:
+    """Refuse, before training, a ``ckpt_path`` that cannot resume this run: missing, unreadable or foreign."""
+    key = f"ckpt_path={path!r}"
+    where = Path(path)
+    if where.is_dir():
+        ckpt, saved, resumable = _sharded_checkpoint(where, key)
+        if not isinstance(ckpt, dict):
+            raise ConfigError(f"{key} is not a Lightning checkpoint: its meta.pt holds no dict")
+    elif where.is_file():
+        ckpt = _load_safely(where, key)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise ConfigError(f"{key} is not a Lightning checkpoint: it has no 'state_dict'")
+        saved, resumable = set(ckpt["state_dict"]), "optimizer_states" in ckpt
+    else:
+        raise ConfigError(f"{key}: no such file (resume from a run's checkpoints/last.ckpt)")
+    ours = set(model.state_dict())
     if saved != ours:
         missing, unexpected = sorted(ours - saved)[:3], sorted(saved - ours)[:3]
         raise ConfigError(f"{key} was saved from another model: missing {missing}, unexpected {unexpected}")
-    if "optimizer_states" not in ckpt:
+    if not resumable:
         raise ConfigError(f"{key} holds weights only (checkpoint.save_weights_only=true): it cannot resume training")
 
 
@@ -298,6 +350,12 @@ def refuse_relaunch_under_multirun(trainer: pl.Trainer, strategy: Any) -> None:
     workers (``ddp_spawn``) run the job's function instead.
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and isinstance(trainer.strategy, ModelParallelStrategy):
+        raise ConfigError(
+            "trainer=fsdp (ModelParallelStrategy) re-launches the command line in each worker, which under --multirun"
+            " would start the whole sweep again in every worker, and it has no spawning variant: run each job as a"
+            " smart-train command of its own, or sweep with trainer.strategy=ddp_spawn"
+        )
     if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(
             f"trainer.strategy={strategy!r} re-launches the command line in each worker, which "

@@ -47,6 +47,7 @@ from lightning_smart.export import (
     AtomicCheckpointIO,
     PeakMemory,
     export_pretrained,
+    is_sharded,
     print_summary,
     summarize,
     write_json,
@@ -151,9 +152,10 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     exported: dict[str, str] = {}
-    if trainer.is_global_zero:  # spawned workers keep the teacher: the main process exports the student alone
-        ema = run.teacher.ema if run.teacher is not None and run.teacher.config.validate else None
-        exported = export_pretrained(model, checked.data.tokenizer, out, ema)
+    sharded = is_sharded(model)
+    if trainer.is_global_zero or sharded:  # spawned workers keep the teacher: the main process exports the student
+        ema = run.teacher.full_ema() if run.teacher is not None and run.teacher.config.validate else None
+        exported = export_pretrained(model, checked.data.tokenizer, out, ema)  # sharded: every rank gathers
     robust = RobustEvaluation.from_config(cfg.eval, trainer, model,
                                           out / exported["teacher"] if "teacher" in exported else None)
     robust.run("val", checked.data.val_dataloader(), val)

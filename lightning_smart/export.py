@@ -77,6 +77,8 @@ class LastCheckpoint(ModelCheckpoint):
         best = self.best
         same_step = best is not None and best._last_global_step_saved == trainer.global_step and bool(
             best._last_checkpoint_saved) and best.save_weights_only == self.save_weights_only
+        # A distributed checkpoint (trainer=fsdp) is a folder that every rank writes its shard into: written again.
+        same_step = same_step and not Path(best._last_checkpoint_saved).is_dir()  # type: ignore[union-attr]
         if best is None or not same_step:
             super()._save_checkpoint(trainer, filepath)
             return
@@ -136,6 +138,43 @@ def _merged(model: nn.Module) -> PreTrainedModel:
     return copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP2 units (its parameters are shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def _unwrapped_class(module: nn.Module) -> type[nn.Module]:
+    """The model's own class: ``fully_shard`` replaces it by a subclass that also derives from ``FSDPModule``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return next(c for c in type(module).__mro__ if issubclass(c, nn.Module) and not issubclass(c, FSDPModule))
+
+
+def unsharded_copy(hf_model: nn.Module) -> PreTrainedModel | None:
+    """A whole copy of an FSDP2-sharded transformers (or PEFT) model, on rank 0's CPU; ``None`` on the other ranks.
+
+    A collective call: every rank gathers its shards (``get_model_state_dict`` with ``full_state_dict``), rank 0
+    builds the model anew from its config (with the same LoRA adapter) and loads the whole weights into it.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(hf_model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    peft = callable(getattr(hf_model, "merge_and_unload", None))
+    base = hf_model.get_base_model() if peft else hf_model  # type: ignore[operator]
+    copy_: nn.Module = _unwrapped_class(base)(base.config)
+    if peft:
+        from peft import get_peft_model
+
+        copy_ = get_peft_model(copy_, hf_model.peft_config["default"])  # type: ignore[arg-type,index]
+    copy_.load_state_dict(full)
+    return copy_.train(hf_model.training)  # type: ignore[return-value]
+
+
 def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path,
                       ema: dict[str, Tensor] | None = None) -> dict[str, str]:
     """``out/model`` (the student's current weights) and, given the teacher's ``ema``, ``out/teacher``.
@@ -147,12 +186,19 @@ def export_pretrained(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out:
         model: the LightningModule; its ``model`` attribute is the transformers (or PEFT) model.
         tokenizer: saved in each folder.
         out: the run's folder.
-        ema: :attr:`EMATeacherCallback.ema`, or ``None`` for no teacher folder.
+        ema: the teacher's whole tensors (:meth:`EMATeacherCallback.full_ema`), or ``None`` for no teacher folder.
+
+    Under FSDP2 every rank calls it (the weights are gathered) and rank 0 writes.
 
     Returns:
         The folders written, relative to ``out``: ``{"model": "model", "teacher": "teacher", "adapter": "adapter"}``.
     """
-    hf_model: PreTrainedModel = model.model  # type: ignore[assignment]
+    hf_model: PreTrainedModel | None = model.model  # type: ignore[assignment]
+    if is_sharded(model):
+        hf_model = unsharded_copy(hf_model)  # type: ignore[arg-type]
+        if hf_model is None:  # not rank 0: it took part in the gather, rank 0 writes
+            return {}
+    assert hf_model is not None
     folders: dict[str, Path] = {}
     if callable(getattr(hf_model, "merge_and_unload", None)):  # a PEFT model
         folders["adapter"] = save_pretrained(hf_model, tokenizer, out / "adapter")

@@ -104,7 +104,7 @@ class TrainerConf:
     _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "cpu"
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: Any = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
     max_epochs: int | None = None
