@@ -19,8 +19,9 @@ from fsdp_fit import tiny_llama
 from helpers_app import TINY, app_config, smart_train
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lightning_smart.checks import check
+from lightning_smart.checks import check, check_checkpoint
 from lightning_smart.config import ConfigError
+from lightning_smart.tasks import SequenceTask
 
 SCRIPT = Path(__file__).parent / "fsdp_fit.py"
 
@@ -234,3 +235,16 @@ def test_fsdp_is_refused_under_multirun_before_training(tmp_path: Path) -> None:
         " smart-train command of its own, or sweep with trainer.strategy=ddp_spawn"
     ) in result.stderr, result.stderr[-2000:]
     assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*/checkpoints"))
+
+
+def test_a_distributed_checkpoint_is_checked_before_resuming(runs: dict[str, Path], tmp_path: Path) -> None:
+    checkpoint = runs["bert_fsdp"] / "checkpoints" / "step2.ckpt"
+    check_checkpoint(str(checkpoint), SequenceTask(tiny_bert(dropout=0.0), num_labels=3))  # this model's: accepted
+    with pytest.raises(ConfigError) as foreign:
+        check_checkpoint(str(checkpoint), SequenceTask(tiny_llama(), num_labels=3))
+    assert str(foreign.value).startswith(f"ckpt_path={str(checkpoint)!r} was saved from another model: missing")
+    (tmp_path / "empty.ckpt").mkdir()
+    with pytest.raises(ConfigError) as empty:
+        check_checkpoint(str(tmp_path / "empty.ckpt"), SequenceTask(tiny_bert(dropout=0.0), num_labels=3))
+    assert str(empty.value) == (f"ckpt_path={str(tmp_path / 'empty.ckpt')!r} is a folder but not a distributed"
+                                " checkpoint (no meta.pt): resume from a run's checkpoints/last.ckpt")
