@@ -160,6 +160,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
                                           out / exported["teacher"] if "teacher" in exported else None)
     robust.run("val", checked.data.val_dataloader(), val)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    curve = list(run.validation.curve)  # loading the best checkpoint for the test restores the callbacks' state too
     test: dict[str, dict[str, float]] = {}
     test_teacher: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
@@ -172,7 +173,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     robust.log(trainer)
     summary = summarize(cfg, out, trainer, checked.metric, checked.data.stats, val=val, test=test, steps=steps,
                         skipped=skipped, best=(best_score, best_path), exported=exported,
-                        wall_time_s=time.perf_counter() - start, curve=run.validation.curve,
+                        wall_time_s=time.perf_counter() - start, curve=curve,
                         peak_memory=memory.read(), robust=robust.summary(),
                         test_teacher={k: v for k, v in test_teacher.items() if v})
     if trainer.is_global_zero:

@@ -177,7 +177,9 @@ def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
     if robust is None:
         return "the PGD attack of lightning_smart.attack"
     norm = "ℓ∞" if robust.get("norm", "inf") == "inf" else "ℓ2"
-    examples = ", ".join(f"{split.removeprefix('test/')} {n}" for split, n in robust.get("examples", {}).items())
+    named = {"val": "validation"}
+    examples = ", ".join(f"{named.get(split, split.removeprefix('test/'))} {n}"
+                         for split, n in robust.get("examples", {}).items())
     return (f"PGD, {norm}, radius r × each token's RMS, {robust['steps']} steps, on {examples} examples; an example"
             " counts at r when it is right on the clean input and under every attack of radius ≤ r")
 
@@ -199,7 +201,7 @@ def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str,
         return ""
     clean = [("validation", _difference(val))] + [(t.split, _difference(t)) for t in clean_tests if t.split not in ood]
     out = [(t.split, _difference(t)) for t in clean_tests if t.split in ood]
-    return " " + stats.robustness_verdict(attacked, clean, out, val.time_ratio)
+    return " " + stats.robustness_verdict(attacked, clean, out, val.time_ratio, seeds=val.seeds_paired)
 
 
 def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: list[Column], metric: str,

@@ -159,18 +159,19 @@ def reading(difference: Difference) -> str:
 
 def robustness_verdict(robust: Sequence[tuple[float, Difference, Sequence[tuple[str, Difference]]]],
                        clean: Sequence[tuple[str, Difference]], ood: Sequence[tuple[str, Difference]],
-                       time_ratio: float | None = None) -> str:
+                       time_ratio: float | None = None, seeds: int = 3) -> str:
     """What robustness a setting bought, and at what cost, in the words its intervals support.
 
     Robustness is bought at a radius where the paired difference of robust accuracy on validation excludes 0 from
     above (each test split then confirms it or not, as for clean metrics); a cost is a clean difference, in domain
-    or out of it, whose interval excludes 0 from below.
+    or out of it, whose interval excludes 0 from below. Under 3 seeds the interval means little: no claim is made.
 
     Args:
         robust: per radius, the difference of robust accuracy on validation and on each test split.
         clean: the difference of the clean metric on validation and on each in-domain test split.
         ood: the difference of the clean metric on each out-of-domain test split.
         time_ratio: the setting's time over plain's.
+        seeds: how many seeds the differences pair.
 
     Example:
         >>> robustness_verdict([(0.1, (5.0, 3.0, 7.0), [("test", (4.0, 1.0, 6.0))])],
@@ -180,6 +181,11 @@ def robustness_verdict(robust: Sequence[tuple[float, Difference, Sequence[tuple[
         +6.0]). Out of domain (clean): tweets -2.0 [-3.0, -1.0], a loss. In all: robustness at 0.1 for a clean loss
         on validation and out of domain on tweets, at 2.7× the time.'
     """
+    if seeds < 3:
+        said = "; ".join(f"at {radius:g}, {interval(d)} points on validation" for radius, d, _ in robust)
+        time = f" It took {time_ratio:.1f}× the time." if time_ratio is not None else ""
+        return (f"Under attack: {said}. In all: {seeds} seed{'s' if seeds > 1 else ''} cannot say what robustness it"
+                f" bought, nor at what cost: run 3 or more.{time}")
     parts = []
     for radius, validation, tests in robust:
         said = f"at {radius:g}, {interval(validation)} points on validation, {reading(validation)}"

@@ -135,7 +135,7 @@ def test_the_robust_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> Non
     assert ("| setting | validation @0.03 | validation @0.1 | movies @0.03 | movies @0.1 | tweets @0.03 | tweets @0.1 |"
             in text)
     assert "| plain | 51.0 (50.5–51.5) | 22.0 (21.0–23.5) | 52.0 (51.0–53.5) | 22.0 (22.0–22.0) |" in text
-    assert "PGD, ℓ∞, radius r × each token's RMS, 5 steps, on val 256, movies 256, tweets 128 examples" in text
+    assert "PGD, ℓ∞, radius r × each token's RMS, 5 steps, on validation 256, movies 256, tweets 128 examples" in text
     assert ("| adversarial | 3 | -2.0 [-3.0, -1.0] | +0.0 [-1.0, +1.0] | -3.0 [-4.0, -2.0] | +9.0 [+6.0, +11.0] |"
             " +1.7 [-1.0, +4.0] | +6.0 [+3.0, +8.0] | +1.0 [-2.0, +3.0] | +3.0 [+1.0, +5.0] | +0.0 [-2.0, +2.0] |"
             in text)
@@ -145,6 +145,12 @@ def test_the_robust_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> Non
             " (clean): tweets -3.0 [-4.0, -2.0], a loss. In all: robustness at 0.03 for a clean loss on validation"
             " and out of domain on tweets, at 2.9× the time.") in text
     assert "less its robust accuracy's attack" in text and "Out of domain: tweets (data.ood)." in text
+    # Two seeds: the intervals are the two differences' range, too few to claim anything from.
+    two = compare(names[:4], summaries[:4])
+    assert two is not None
+    assert ("Under attack: at 0.03, +8.0 [+6.0, +10.0] points on validation; at 0.1, +0.5 [-1.0, +2.0] points on"
+            " validation. In all: 2 seeds cannot say what robustness it bought, nor at what cost: run 3 or more. It"
+            " took 2.8× the time.") in "\n".join(two[1])  # seconds: 235 against 85
     write_csv(rows, tmp_path / "compare.csv")
     with (tmp_path / "compare.csv").open(newline="") as handle:
         written = {(r["setting"], r["split"], r["radius"]): r for r in csv.DictReader(handle)}
