@@ -218,7 +218,8 @@ class StepMeter(pl.Callback):
 
     The profiler starts at step 0 with the gradients released, so each block that the measured step frees
     (the previous step's gradients) was allocated under the profiler: the free of an unrecorded block would
-    be missed and inflate the peak.
+    be missed and inflate the peak. On a GPU the clock waits for the device at both ends of a step, and the
+    memory is CUDA's peak allocated bytes over step 1 (weights, teacher EMA and optimizer state included).
     """
 
     profile: bool = False
@@ -232,21 +233,33 @@ class StepMeter(pl.Callback):
     _live_at_start: int = 0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        cuda = pl_module.device.type == "cuda"
         if self.profile and idx == 0:
             pl_module.zero_grad(set_to_none=True)  # Lightning releases them before this step's backward anyway
-            self._live_at_start = live_bytes(trainer, pl_module)
-            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._profiler.start()
+            if not cuda:
+                self._live_at_start = live_bytes(trainer, pl_module)
+                self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+                self._profiler.start()
+        elif self.profile and idx == 1 and cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         elif self.profile and idx == 1:
             self._marker = record_function(MEASURED)
             self._marker.__enter__()
+        if cuda:
+            torch.cuda.synchronize()
         self.counted = 0
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        cuda = pl_module.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - self._start
         idx = args[-1]
-        if self._marker is not None:
+        if self.profile and idx == 1 and cuda:
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        elif self._marker is not None:
             self._marker.__exit__(None, None, None)
             self._profiler.stop()
             self.peak_bytes = self._live_at_start + peak_in_window(self._profiler)
@@ -256,16 +269,19 @@ class StepMeter(pl.Callback):
             self.passes.append(self.counted)
 
 
-def trainer_for(teacher: TeacherConfig | None, precision: str, steps: int, meter: pl.Callback | None) -> pl.Trainer:
+def trainer_for(teacher: TeacherConfig | None, precision: str, steps: int, meter: pl.Callback | None,
+                accelerator: str = "cpu") -> pl.Trainer:
     callbacks: list[pl.Callback] = [EMATeacherCallback.from_config(teacher)] if teacher else []
-    return pl.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=steps,  # type: ignore[arg-type]
+    return pl.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=steps,  # type: ignore[arg-type]
                       callbacks=callbacks + ([meter] if meter else []), logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
 
 
 def fit_steps(task: FineTuneTask, teacher: TeacherConfig | None, precision: str,
-              batches: list[dict[str, torch.Tensor]], steps: int, measure_memory: bool) -> StepMeter:
-    """Train ``task`` for ``steps`` optimizer steps under ``precision``; the meter holds what it measured."""
+              batches: list[dict[str, torch.Tensor]], steps: int, measure_memory: bool,
+              accelerator: str = "cpu") -> StepMeter:
+    """Train ``task`` for ``steps`` optimizer steps under ``precision`` on one ``accelerator`` device; the meter
+    holds what it measured."""
     meter = StepMeter(profile=measure_memory)
     loader = torch.utils.data.DataLoader(batches[:steps], batch_size=None)  # type: ignore[arg-type]
 
@@ -274,7 +290,7 @@ def fit_steps(task: FineTuneTask, teacher: TeacherConfig | None, precision: str,
 
     hook = task.model.base_model.register_forward_pre_hook(count)  # each pass through the encoder, any caller's
     try:
-        trainer_for(teacher, precision, steps, meter).fit(task, train_dataloaders=loader)
+        trainer_for(teacher, precision, steps, meter, accelerator).fit(task, train_dataloaders=loader)
     finally:
         hook.remove()
     return meter

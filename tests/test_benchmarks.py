@@ -1,4 +1,4 @@
-"""The benchmark scripts' ``--quick`` modes run to completion and report what they promise."""
+"""The benchmark scripts' ``--quick`` (and ``--tiny``) modes run to completion and report what they promise."""
 
 from __future__ import annotations
 
@@ -241,3 +241,70 @@ def test_quality_fixes_the_acting_radii_by_the_rule_and_plans_with_them() -> Non
     assert quality.adversarial_settings([weak], "trec", ["plain"]) == {"plain": "smart=off teacher=off"}
     text = "\n".join(quality.adversarial_report([probe]))
     assert "| relative 0.03 | 1.5× |" in text and "trec (400 steps at lr 2e-05): ε_act = 0.03, ε_strong = 0.1" in text
+
+
+def load_benchmark(name: str):
+    """A benchmark script as a module (``benchmarks/`` on the path: the scripts import each other)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+FSDP_ROW = re.compile(r"(ddp|fsdp)\s+(\d)\s+(\d+\.\d)\s+(\d\.\d{3})\s+(\d+\.\d)\s+(\d\.\d{3})"  # θ̃, peak: MiB, ×
+                      r"\s+(-?\d+\.\d)\s+(\d+\.\d{3})")  # RSS growth MiB, s/step
+
+
+@pytest.mark.slow
+def test_fsdp_memory_quick_prints_every_rank_and_each_holds_half_the_teacher(tmp_path: Path) -> None:
+    lines = run_script("fsdp_memory.py", "--quick", "--out", str(tmp_path), timeout=900).strip().splitlines()
+    rows = {(found[1], int(found[2])): found for line in lines if (found := FSDP_ROW.fullmatch(line))}
+    assert set(rows) == {("ddp", 0), ("ddp", 1), ("fsdp", 0), ("fsdp", 1)}, lines
+    teacher = re.fullmatch(r"teacher_per_rank_vs_single=(\d\.\d{3})", lines[-2])
+    peak = re.fullmatch(r"peak_fsdp_vs_ddp=(\d\.\d{3})", lines[-1])
+    assert teacher and peak, lines[-2:]
+    assert float(teacher[1]) <= 0.55  # each rank holds its shard of θ̃, at world size 2 half of it
+    runs = {key: json.loads((tmp_path / f"{key[0]}_rank{key[1]}.json").read_text()) for key in rows}
+    dense = 4 * runs["ddp", 0]["params"]  # one float32 copy of every trainable parameter
+    assert [runs["ddp", r]["teacher_bytes"] for r in (0, 1)] == [dense, dense]
+    assert runs["fsdp", 0]["teacher_bytes"] + runs["fsdp", 1]["teacher_bytes"] == dense  # the shards partition θ̃
+    assert all(run["sharded"] == (strategy == "fsdp") and run["steps"] == 2 for (strategy, _), run in runs.items())
+    assert float(peak[1]) == pytest.approx(max(runs["fsdp", r]["peak_bytes"] for r in (0, 1)) / max(
+        runs["ddp", r]["peak_bytes"] for r in (0, 1)), abs=6e-4)
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_prints_every_row_and_the_sharded_step_and_writes_its_files(tmp_path: Path) -> None:
+    step_cost = load_benchmark("step_cost")
+    text = run_script("gpu_check.py", "--tiny", "--budget", "1800", "--out", str(tmp_path), timeout=900)
+    lines = text.strip().splitlines()
+    encoder = [name for name, (_, precisions) in step_cost.ROWS.items() if step_cost.BF16 in precisions]
+    expected = {(model, name) for model in ("tiny-bert", "tiny-roberta") for name in encoder}
+    expected |= {("tiny-llama", name) for name in step_cost.CAUSAL_ROWS}
+    rows = {}
+    for line in lines:
+        found = re.fullmatch(r"(tiny-\w+)\s+eager\s+(.+?)\s+bf16-mixed\s+(\d+\.\d{3})\s+.*\s(\d+\.\d{2})\s+0", line)
+        if found:
+            rows[found[1], found[2]] = float(found[4])
+    assert set(rows) == expected, text
+    # What each step does, counted (passes through the encoder or decoder per timed step, as step_cost.py's test).
+    passes = {"plain": 1, "SMART full (K=1)": 4, "lazy k=4 (full K=1)": 1.75, "full, policy fp32": 4,
+              "full, policy autocast": 4, "relative_shared full": 4, "causal LM plain": 1,
+              "causal LM SMART full (K=1)": 4}
+    assert rows == {key: passes[key[1]] for key in rows}
+    assert re.search(r"^fsdp\s+0\s+\d+\.\d\s+1\.000\s", text, re.MULTILINE)  # one process: it holds all of θ̃
+    assert re.search(r"^teacher_per_rank_vs_single=1\.000$", text, re.MULTILINE)
+    assert lines[-1].startswith("rows measured: 14 of 14; sharded step: measured;")
+    assert (tmp_path / "gpu_check.txt").read_text().splitlines() == lines
+    stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert {(row["model"], row["setting"]) for row in stored} == expected and all(row["done"] for row in stored)
+    sharded = json.loads((tmp_path / "sharded" / "fsdp_rank0.json").read_text())
+    assert sharded["sharded"] and sharded["steps"] == 2
+
+
+def test_gpu_check_refuses_a_missing_dependency_without_wheels_naming_the_fill_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu_check = load_benchmark("gpu_check")
+    assert gpu_check.install_from_wheels(tmp_path) == []  # everything is installed here: nothing to do
+    monkeypatch.setitem(gpu_check.NEEDED, "no_such_module_here", "no-such-dist")
+    with pytest.raises(SystemExit, match=r"missing \['no-such-dist'\] and no wheels in .*pip wheel --no-deps"):
+        gpu_check.install_from_wheels(tmp_path)
