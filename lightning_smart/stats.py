@@ -178,8 +178,8 @@ def robustness_verdict(robust: Sequence[tuple[float, Difference, Sequence[tuple[
         ...                    [("validation", (-0.8, -1.5, -0.1)), ("test", (-0.2, -0.9, 0.4))],
         ...                    [("tweets", (-2.0, -3.0, -1.0))], 2.7)  # doctest: +NORMALIZE_WHITESPACE
         'Under attack: at 0.1, +5.0 [+3.0, +7.0] points on validation, a gain (confirmed on test: +4.0 [+1.0,
-        +6.0]). Out of domain (clean): tweets -2.0 [-3.0, -1.0], a loss. In all: robustness at 0.1 for a clean loss
-        on validation and out of domain on tweets, at 2.7× the time.'
+        +6.0]). Out of domain (clean): tweets -2.0 [-3.0, -1.0], a loss. In all: robustness at 0.1, confirmed on test,
+        for a clean loss on validation and out of domain on tweets, at 2.7× the time.'
     """
     if seeds < 3:
         said = "; ".join(f"at {radius:g}, {interval(d)} points on validation" for radius, d, _ in robust)
@@ -196,7 +196,13 @@ def robustness_verdict(robust: Sequence[tuple[float, Difference, Sequence[tuple[
     text = "Under attack: " + "; ".join(parts) + "."
     if ood:
         text += " Out of domain (clean): " + "; ".join(f"{split} {interval(d)}, {reading(d)}" for split, d in ood) + "."
-    bought = [f"{radius:g}" for radius, validation, _ in robust if validation[1] > 0]
+    confirmed = [f"{r:g}" for r, v, tests in robust if v[1] > 0 and tests and all(d[1] > 0 for _, d in tests)]
+    unconfirmed = [f"{r:g}" for r, v, tests in robust if v[1] > 0 and f"{r:g}" not in confirmed]
+    bought = []
+    if confirmed:
+        bought.append(f"robustness at {' and '.join(confirmed)}, confirmed on test")
+    if unconfirmed:
+        bought.append(f"robustness at {' and '.join(unconfirmed)} on validation, which test does not confirm")
     losses = [split for split, d in clean if d[2] < 0]
     ood_losses = [split for split, d in ood if d[2] < 0]
     cost = []
@@ -204,13 +210,14 @@ def robustness_verdict(robust: Sequence[tuple[float, Difference, Sequence[tuple[
         cost.append("a clean loss on " + " and ".join(losses))
     if ood_losses:
         cost.append(("" if losses else "a loss ") + "out of domain on " + " and ".join(ood_losses))
-    text += " In all: " + (f"robustness at {' and '.join(bought)}" if bought else
-                           "no robustness the intervals show at these radii")
+    text += " In all: " + ("; ".join(bought) if bought else "no robustness the intervals show at these radii")
+    measured = "clean or out-of-domain loss" if ood else "clean loss"
     if cost:
-        text += (" for " if bought else ", and ") + " and ".join(cost)
+        text += (", for " if bought else ", and ") + " and ".join(cost)
     else:
-        text += ", with no clean or out-of-domain loss the intervals show" if bought else ", and no clean or" \
-            " out-of-domain loss they show"
+        text += f", with no {measured} the intervals show" if bought else f", and no {measured} they show"
+    if not ood:
+        text += " (no out-of-domain split: data.ood)"
     if time_ratio is not None:
         text += f", at {time_ratio:.1f}× the time"
     return text + "."

@@ -142,8 +142,8 @@ def test_the_robust_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> Non
     assert ("- **adversarial**: -2.0 [-3.0, -1.0] points on validation over 3 seeds: a loss: the interval excludes 0."
             " Under attack: at 0.03, +9.0 [+6.0, +11.0] points on validation, a gain (confirmed on movies: +6.0"
             " [+3.0, +8.0]); at 0.1, +1.7 [-1.0, +4.0] points on validation, no evidence of a change. Out of domain"
-            " (clean): tweets -3.0 [-4.0, -2.0], a loss. In all: robustness at 0.03 for a clean loss on validation"
-            " and out of domain on tweets, at 2.9× the time.") in text
+            " (clean): tweets -3.0 [-4.0, -2.0], a loss. In all: robustness at 0.03, confirmed on test, for a clean"
+            " loss on validation and out of domain on tweets, at 2.9× the time.") in text
     assert "less its robust accuracy's attack" in text and "Out of domain: tweets (data.ood)." in text
     # Two seeds: the intervals are the two differences' range, too few to claim anything from.
     two = compare(names[:4], summaries[:4])
@@ -209,3 +209,19 @@ def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(
     assert "| teacher | 2 |" in report and "- **teacher**: " in report and "over 2 seeds" in report
     assert (sweep / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(s["peak_memory"]["mib"] > 0 and len(s["curve"]) == 2 for s in summaries)
+
+
+def test_the_robustness_verdict_claims_no_more_than_its_intervals() -> None:
+    """A gain on validation that test does not confirm, no out-of-domain split; no gain and a clean loss."""
+    unconfirmed = stats.robustness_verdict(
+        [(0.03, (0.0, 0.0, 0.0), [("movies", (-1.0, -1.6, 0.0))]),
+         (0.1, (3.6, 1.6, 7.8), [("movies", (1.0, -3.1, 4.7))])],
+        [("validation", (-3.2, -9.7, 0.0)), ("movies", (-1.6, -5.0, 0.3))], [], 1.1)
+    assert unconfirmed == (
+        "Under attack: at 0.03, +0.0 [+0.0, +0.0] points on validation, no evidence of a change; at 0.1, +3.6 [+1.6,"
+        " +7.8] points on validation, a gain (not confirmed on movies: +1.0 [-3.1, +4.7]). In all: robustness at 0.1"
+        " on validation, which test does not confirm, with no clean loss the intervals show (no out-of-domain split:"
+        " data.ood), at 1.1× the time.")
+    assert stats.robustness_verdict([(0.1, (0.5, -1.0, 2.0), [])], [("validation", (-2.0, -3.0, -1.0))], []) == (
+        "Under attack: at 0.1, +0.5 [-1.0, +2.0] points on validation, no evidence of a change. In all: no robustness"
+        " the intervals show at these radii, and a clean loss on validation (no out-of-domain split: data.ood).")
