@@ -671,7 +671,8 @@ def auto_tables(task: str, study: list[dict[str, Any]], probe_row: dict[str, Any
               f"of {len(auto)} seeds; calibration {100 * max(r['calibration_s'] / r['train_s'] for r in auto):.2f}% "
               "of training time at most.", ""]
     plain = {r["seed"]: r for r in study if r["setting"] == "plain"}
-    strong = {r["seed"]: r for r in study if r["setting"] == HAND_FIXED}
+    seeds = {r["seed"] for r in auto}  # strong on auto's seeds: every row of the table on the same seeds
+    strong = {r["seed"]: r for r in study if r["setting"] == HAND_FIXED and r["seed"] in seeds}
     radii = study[0]["robust_radii"]["radii"]
     at_strong = [r for r in (strong_radius,) if r is not None and any(math.isclose(r, x) for x in radii)]
     splits = list(study[0]["splits"][:-1])  # val, the test split, the out-of-domain ones; robust is below
