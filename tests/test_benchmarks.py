@@ -243,6 +243,43 @@ def test_quality_fixes_the_acting_radii_by_the_rule_and_plans_with_them() -> Non
     assert "| relative 0.03 | 1.5× |" in text and "trec (400 steps at lr 2e-05): ε_act = 0.03, ε_strong = 0.1" in text
 
 
+def _auto_study_row(setting: str, seed: int, test: float, robust: float, **extra: object) -> dict:
+    radii = [0.03, 0.1, 0.3]
+    return {"task": "trec", "setting": setting, "seed": seed, "splits": ["val", "trec", "robust"],
+            "val": {"acc": 0.9}, "trec": {"acc": test}, "robust": {"acc": 0.5},
+            "robust_radii": {"radii": radii, "acc": [0.8, robust, 0.1], "clean": 0.88, "n": 256.0}, **extra}
+
+
+def test_quality_auto_tables_pair_auto_with_plain_and_strong_and_give_the_rules_verdict() -> None:
+    """Fixed run rows: auto's calibrations and share of training, the paired differences computed by hand (the same
+    difference on every seed: the bootstrap interval is that point), and both verdicts of the rule."""
+    quality = load_quality()
+    probe = {"kind": "probe", "task": "trec", "settings": [
+        {"name": f"relative {e:g}", "epsilon": e, "relative": True, "ratio": r}
+        for e, r in zip(quality.PROBE_GRID, (0.01, 0.1, 1.5, 12.0, 30.0, 40.0), strict=True)]}
+    calibrations = [[50, 0.3, True, 1e-3, [[0.1, 5e-3], [0.3, 2e-2]]], [100, 1.0, False, 1e-3, [[1.0, 8e-3]]]]
+    study = []
+    for seed in range(3):
+        study += [_auto_study_row("plain", seed, 0.90, 0.40), _auto_study_row("strong", seed, 0.89, 0.55),
+                  _auto_study_row("auto", seed, 0.88, 0.56, calibrations=calibrations, epsilon=1.0,
+                                  calibration_s=20.0, train_s=1000.0)]
+    text = "\n".join(quality.auto_tables("trec", study, probe)).rstrip()
+    assert "| 0 | 50: 0.3 (20), 100: 1 (8*) | 1 | 20.0 | 2.00% |" in text
+    assert "Ends at ε_strong in 0 of 3 seeds; calibration 2.00% of training time at most." in text
+    zero = "+0.0 [+0.0, +0.0]"
+    assert f"| auto − plain | 3 | {zero} | -2.0 [-2.0, -2.0] | {zero} | +16.0 [+16.0, +16.0] |" in text
+    assert f"| auto − strong | 3 | {zero} | -1.0 [-1.0, -1.0] | {zero} | +1.0 [+1.0, +1.0] |" in text
+    assert text.endswith("Verdict: auto does not match strong on trec: robust gain at 0.1 +16.0 [+16.0, +16.0] against"
+                         " strong's +15.0 [+15.0, +15.0] (disjoint); worse than strong (interval below 0) on trec.")
+    level = [r | {"trec": {"acc": 0.89}} if r["setting"] == "auto" else r for r in study]
+    level = [r | {"robust_radii": r["robust_radii"] | {"acc": [0.8, 0.55, 0.1]}} if r["setting"] == "auto" else r
+             for r in level]
+    assert "\n".join(quality.auto_tables("trec", level, probe)).rstrip().endswith(
+        "Verdict: auto matches strong on trec: robust gain at 0.1 +15.0 [+15.0, +15.0] against strong's +15.0"
+        " [+15.0, +15.0] (overlap); no test or out-of-domain split worse than strong's.")
+    assert quality.auto_tables("trec", [r for r in study if r["setting"] != "auto"], probe) == []
+
+
 def load_benchmark(name: str):
     """A benchmark script as a module (``benchmarks/`` on the path: the scripts import each other)."""
     if str(BENCHMARKS) not in sys.path:
