@@ -80,7 +80,7 @@ class SmartConfig:
     """
 
     lambda_s: float = 1.0
-    epsilon: float | str = 1e-5
+    epsilon: Any = 1e-5  # a number or "auto": OmegaConf's Union[float, str] would refuse an integer such as 1
     sigma: float = 1e-5
     eta: float = 1e-3
     ascent_steps: int = 1
