@@ -229,7 +229,8 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy, the ``robust_acc@<radius>``
         metrics, was measured: :meth:`~lightning_smart.robustness.RobustEvaluation.summary`, or ``None``),
         ``best`` (score and checkpoint),
-        ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``wall_time_s``, ``curve`` (the
+        ``data`` (split sizes, what was left out), ``steps``, ``smart_skipped``, ``smart_epsilon`` (the radius in
+        force at the end: ``smart.epsilon``, or ``auto``'s last calibration), ``wall_time_s``, ``curve`` (the
         monitored metric at each validation: ``[step, value]``), ``peak_memory`` (:class:`PeakMemory`), ``files`` (the
         metrics CSV, the last checkpoint, the exported ``model`` and ``teacher`` folders, relative to ``out``),
         ``overrides``, the resolved ``config`` and the ``versions``.
@@ -250,6 +251,7 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "data": data,
         "steps": steps,
         "smart_skipped": skipped,
+        "smart_epsilon": getattr(trainer.lightning_module, "smart_epsilon", None),
         "wall_time_s": round(wall_time_s, 1),
         "curve": [list(point) for point in curve or []],
         "peak_memory": peak_memory,

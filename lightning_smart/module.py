@@ -322,10 +322,12 @@ class SmartLightningModule(SmartHooks):
                 "calibration_s": self.smart_calibration_s}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore what :meth:`on_save_checkpoint` saved: a resumed run goes on with the radius it stopped at."""
+        """Restore what :meth:`on_save_checkpoint` saved when a fit resumes: it goes on with the radius it stopped
+        at. A checkpoint loaded to evaluate (``test(ckpt_path="best")``) leaves the radius the fit ended with."""
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         state = checkpoint.get("smart_auto_epsilon")
-        if self.smart.auto and state is not None:
+        trainer = getattr(self, "_trainer", None)
+        if self.smart.auto and state is not None and trainer is not None and trainer.state.fn == "fit":
             self._smart_radius, self._smart_calibration_due = state["epsilon"], state["due"]
             self.smart_calibrations = [
                 probe.Calibration(**(found | {"tried": tuple(map(tuple, found["tried"]))}))

@@ -205,7 +205,8 @@ def _auto_state(out: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("straight")
     with app_config(RESUMABLE) as cfg:
-        train(cfg, out)
+        summary = train(cfg, out)
+    assert summary["smart_epsilon"] == _auto_state(out)[1]["epsilon"]  # summary.json carries the radius in force
     return out
 
 
@@ -225,10 +226,11 @@ def test_a_resumed_auto_run_ends_with_the_uninterrupted_student_and_radius(
     assert saved_state["global_step"] == saved and saved_state["smart_auto_epsilon"]["due"]
 
     with app_config([*RESUMABLE, f"ckpt_path={last}"]) as cfg:
-        train(cfg, tmp_path / "resumed")
+        summary = train(cfg, tmp_path / "resumed")
     (student, radius), (resumed_student, resumed_radius) = _auto_state(straight), _auto_state(tmp_path / "resumed")
     assert [c["step"] for c in radius["calibrations"]] == [2, 4, 6]
     assert resumed_radius == radius and radius["epsilon"] in RADIUS_GRID
+    assert summary["smart_epsilon"] == radius["epsilon"]
     assert student.keys() == resumed_student.keys()
     for name, value in student.items():
         assert torch.equal(value, resumed_student[name]), name
