@@ -158,14 +158,16 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
         exported = export_pretrained(model, checked.data.tokenizer, out, ema)  # sharded: every rank gathers
     robust = RobustEvaluation.from_config(cfg.eval, trainer, model,
                                           out / exported["teacher"] if "teacher" in exported else None)
-    robust.run("val", checked.data.val_dataloader(), val)
+    if robust.radii:
+        checked.data.setup("fit")  # a spawned fit set its data up in its workers only
+        robust.run("val", checked.data.val_dataloader(), val)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     curve = list(run.validation.curve)  # loading the best checkpoint for the test restores the callbacks' state too
     test: dict[str, dict[str, float]] = {}
     test_teacher: dict[str, dict[str, float]] = {}
     if cfg.test and checked.data.test_names:
         results = trainer.test(model, datamodule=checked.data, ckpt_path="best" if best_path else None, verbose=False)
-        loaders = checked.data.test_dataloader()
+        loaders: list[Any] = checked.data.test_dataloader() if robust.radii else [[]] * len(checked.data.test_names)
         for name, result, loader in zip(checked.data.test_names, results, loaders, strict=True):
             test[name] = {k.removeprefix(f"test/{name}/"): float(v) for k, v in result.items()}
             test_teacher[name] = {}
