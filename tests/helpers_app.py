@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from hydra import compose, initialize_config_module
@@ -52,6 +53,23 @@ def write_csv(path: Path, header: str, rows: Sequence[str]) -> Path:
     """A small CSV file: its header line and data lines."""
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path
+
+
+def stopped_run(overrides: Sequence[str], out: Path, at: int) -> tuple[Any, Path]:
+    """Build the run ``overrides`` compose and crash it at the start of optimizer step ``at``: the run (what
+    :func:`lightning_smart.cli.build` made) and its ``last.ckpt``."""
+    from lightning_smart.cli import build
+
+    with app_config(overrides) as cfg:
+        run = build(cfg, out)
+        run.trainer.callbacks.append(Interrupt(at=at))
+        try:
+            run.trainer.fit(run.model, datamodule=run.checked.data)
+        except RuntimeError as err:
+            assert str(err) == "interrupted", err
+        else:
+            raise AssertionError(f"the run was not interrupted at step {at}")
+    return run, out / "checkpoints" / "last.ckpt"
 
 
 class Interrupt(pl.Callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_app import TINY, Interrupt, app_config, smart_train, write_csv
+from helpers_app import TINY, app_config, smart_train, stopped_run, write_csv
 
 from lightning_smart.cli import build, train
 from lightning_smart.config import ConfigError
@@ -47,12 +47,7 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(
     tmp_path: Path, straight: tuple[dict, Path], at: int, saved: int
 ) -> None:
     """Stopped at step ``at``, resumed from its last.ckpt (step ``saved``), with dropout on: the same run."""
-    with app_config(RESUMABLE) as cfg:
-        run = build(cfg, tmp_path / "stopped")
-        run.trainer.callbacks.append(Interrupt(at=at))
-        with pytest.raises(RuntimeError, match="interrupted"):
-            run.trainer.fit(run.model, datamodule=run.checked.data)
-    last = tmp_path / "stopped/checkpoints/last.ckpt"
+    run, last = stopped_run(RESUMABLE, tmp_path / "stopped", at)
     checkpoint = torch.load(last, weights_only=False)
     assert checkpoint["global_step"] == saved  # the latest validation
     assert run.model.model.config.hidden_dropout_prob == 0.1 and run.model.model.training  # dropout on

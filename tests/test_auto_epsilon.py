@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import tiny_bert, token_examples, token_loader
-from helpers_app import TINY, Interrupt, app_config
+from helpers_app import TINY, app_config, stopped_run
 from transformers import AutoTokenizer
 
 from lightning_smart import ConfigError, SmartConfig, probe
@@ -216,12 +216,7 @@ def test_a_resumed_auto_run_ends_with_the_uninterrupted_student_and_radius(
 ) -> None:
     """Stopped after the validation at step ``saved`` and before the calibration it makes due: the resumed run
     calibrates there, from the restored radius, as the uninterrupted one did."""
-    with app_config(RESUMABLE) as cfg:
-        run = build(cfg, tmp_path / "stopped")
-        run.trainer.callbacks.append(Interrupt(at=at))
-        with pytest.raises(RuntimeError, match="interrupted"):
-            run.trainer.fit(run.model, datamodule=run.checked.data)
-    last = tmp_path / "stopped/checkpoints/last.ckpt"
+    _, last = stopped_run(RESUMABLE, tmp_path / "stopped", at)
     saved_state = torch.load(last, weights_only=False)
     assert saved_state["global_step"] == saved and saved_state["smart_auto_epsilon"]["due"]
 
