@@ -15,7 +15,7 @@ install:
 		$(PYTHON) -m pip install -e ".[dev]"; }
 
 train: install
-	$(PYTHON) -m lightning_smart.cli $(ARGS)
+	$(PYTHON) -m lightning_smart.app.cli $(ARGS)
 
 test: install
 	$(PYTHON) -m pytest $(ARGS)

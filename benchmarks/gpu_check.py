@@ -261,7 +261,7 @@ def main() -> None:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from lightning_smart.schema import register_configs
+    from lightning_smart.app.schema import register_configs
 
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):

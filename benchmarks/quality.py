@@ -59,11 +59,12 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 from transformers.utils import logging as transformers_logging
 
-from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig, stats
+from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
+from lightning_smart.app import stats
+from lightning_smart.app.schema import register_configs
+from lightning_smart.app.stats import bootstrap, quartiles
 from lightning_smart.attack import robust_accuracy, robust_accuracy_by_radius
 from lightning_smart.config import RADIUS_GRID
-from lightning_smart.schema import register_configs
-from lightning_smart.stats import bootstrap, quartiles
 from lightning_smart.tasks import SequenceTask
 
 OUT = Path(__file__).parent / "results" / "study"
@@ -453,7 +454,7 @@ def headline(row: dict[str, Any], split: str) -> float | None:
 
 
 def failed(row: dict[str, Any]) -> bool:
-    """:func:`lightning_smart.stats.failed` on a run's final validation scores."""
+    """:func:`lightning_smart.app.stats.failed` on a run's final validation scores."""
     val = row["val"]
     if "pearson" in val:
         return stats.failed(val["pearson"], regression=True)

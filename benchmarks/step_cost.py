@@ -69,7 +69,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig, TeacherConfig
-from lightning_smart.schema import register_configs
+from lightning_smart.app.schema import register_configs
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask
 
 FP32, BF16 = "32-true", "bf16-mixed"

@@ -2,7 +2,7 @@
 
 The dataclasses are validated at construction, so a bad value fails before any training with an
 error that names the key and the allowed range. Hydra registers the same classes in its
-ConfigStore (see :mod:`lightning_smart.cli`), so the YAML presets under ``conf/`` set values only.
+ConfigStore (see :mod:`lightning_smart.app.cli`), so the YAML presets under ``conf/`` set values only.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ automatic optimization then does backward, accumulation, clipping, AMP scaling a
 step. The teacher (μ·D) comes from an attached :class:`TeacherProtocol`, normally
 :class:`~lightning_smart.teacher.EMATeacherCallback`, which attaches itself at fit start.
 
-What the step calls lives beside it: the overridable hooks (:mod:`lightning_smart.hooks`), the kinds of output
+What the step calls lives beside it: the overridable hooks (:mod:`lightning_smart.overrides`), the kinds of output
 (:mod:`lightning_smart.outputs`), δ's arithmetic (:mod:`lightning_smart.perturbation`), the precision policy
 (:mod:`lightning_smart.precision`), the probe (:mod:`lightning_smart.probe`) and the drop-in guard
 (:mod:`lightning_smart.guard`).
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from lightning_smart import precision, probe, sharding
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.guard import guard_subclass
-from lightning_smart.hooks import SmartHooks
+from lightning_smart.overrides import SmartOverrides
 from lightning_smart.perturbation import (
     RngSnapshot,
     ascent_step,
@@ -48,7 +48,7 @@ class TeacherProtocol(Protocol):
     def teacher_outputs(self, module: Any, batch: Any) -> Tensor: ...
 
 
-class SmartLightningModule(SmartHooks):
+class SmartLightningModule(SmartOverrides):
     """Mixin that makes a LightningModule's ``training_step`` a SMART step.
 
     Override four small methods where the defaults (a transformers model in ``self.model``, a

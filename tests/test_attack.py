@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert, token_batch
 from torch import nn
 
 from lightning_smart.attack import pgd_attack, robust_accuracy, robust_accuracy_by_radius
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import tiny_bert, token_batch
 
 
 def batch_of(seed: int = 1) -> dict[str, torch.Tensor]:

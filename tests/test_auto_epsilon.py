@@ -10,14 +10,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import tiny_bert, token_examples, token_loader
-from helpers_app import TINY, app_config, stopped_run
 from transformers import AutoTokenizer
 
 from lightning_smart import ConfigError, SmartConfig, probe
-from lightning_smart.cli import build, train
+from lightning_smart.app.cli import build, train
 from lightning_smart.config import RADIUS_GRID
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.app import TINY, app_config, stopped_run
+from tests.helpers.models import tiny_bert, token_examples, token_loader
 
 AUTO = {"epsilon": "auto", "sigma": 0.01, "eta": 1.0, "epsilon_scale": "relative", "shared_dropout": True}
 

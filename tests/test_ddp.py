@@ -7,10 +7,10 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from conftest import tiny_bert, token_examples
 
 from lightning_smart import EMATeacherCallback, SmartConfig, sample_noise
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import tiny_bert, token_examples
 
 STEPS, GLOBAL_BATCH = 4, 8
 

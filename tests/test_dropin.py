@@ -10,12 +10,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert, token_loader
-from test_module import trainer
 from transformers import AutoModelForSequenceClassification
 
 from lightning_smart import EMATeacherCallback, SmartConfig, SmartLightningModule
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import tiny_bert, token_loader, trainer
 
 SMART = SmartConfig(lambda_s=2.0, epsilon=0.05, sigma=0.01, eta=0.05, probe=False)
 

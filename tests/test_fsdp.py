@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert
-from fsdp_fit import tiny_llama
-from helpers_app import TINY, app_config, smart_train
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lightning_smart.checks import check, check_checkpoint
+from lightning_smart.app.checks import check, check_checkpoint
 from lightning_smart.config import ConfigError
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.app import TINY, app_config, smart_train
+from tests.helpers.fsdp_fit import tiny_llama
+from tests.helpers.models import tiny_bert
 
-SCRIPT = Path(__file__).parent / "fsdp_fit.py"
+SCRIPT = Path(__file__).parent / "helpers" / "fsdp_fit.py"
 
 
 def fit(out: Path, *args: str, fails: bool = False) -> str:

@@ -10,7 +10,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, tiny_bert, token_batch, token_examples, token_loader
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -25,12 +24,7 @@ from lightning_smart import (
 )
 from lightning_smart.divergence import is_regression
 from lightning_smart.tasks import SequenceTask
-
-
-def trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, deterministic=True)
-    return pl.Trainer(**(defaults | kwargs))
+from tests.helpers.models import VOCAB, GRUClassifier, tiny_bert, token_batch, token_examples, token_loader, trainer
 
 
 def ref_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -152,23 +146,6 @@ def test_lambda_zero_without_teacher_is_plain_fine_tuning_bit_for_bit() -> None:
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name
     assert sum(not torch.equal(v, initial[n]) for n, v in weights[0].items()) > 10
-
-
-class GRUClassifier(SmartLightningModule, pl.LightningModule):
-    """Embedding + GRU + linear: no transformers, so it names the submodule to perturb."""
-
-    def __init__(self, perturb_at: str = "embed") -> None:
-        super().__init__(smart=SmartConfig(perturb_at=perturb_at, epsilon=1e-2, sigma=1e-2, eta=1e-2, probe=False))
-        self.embed = nn.Embedding(VOCAB, 16)
-        self.gru = nn.GRU(16, 16, batch_first=True)
-        self.head = nn.Linear(16, 3)
-
-    def smart_forward(self, batch: dict) -> torch.Tensor:
-        out, _ = self.gru(self.embed(batch["input_ids"]))
-        return self.head(out[:, 0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=3e-2)
 
 
 def test_a_non_transformers_model_trains_by_naming_perturb_at() -> None:

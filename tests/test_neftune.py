@@ -10,13 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SEQ, VOCAB, token_batch
 from hydra import compose, initialize_config_module
-from test_tokens import tiny_llama
 
 from lightning_smart import ConfigError, SmartConfig
-from lightning_smart.schema import register_configs
+from lightning_smart.app.schema import register_configs
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import SEQ, VOCAB, tiny_llama, token_batch
 
 ALPHA = 5.0
 

@@ -9,13 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_bert, token_loader
-from test_module import GRUClassifier, trainer
-from test_teacher import Snapshots
 
 from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig
 from lightning_smart.schedule import ema_warmup, rampup
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import GRUClassifier, Snapshots, tiny_bert, token_loader, trainer
 
 
 class Recording(SequenceTask):

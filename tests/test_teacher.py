@@ -8,29 +8,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import tiny_bert, token_batch, token_loader
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-from test_module import trainer
 
 from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig, SmartLightningModule
 from lightning_smart.tasks import SequenceTask
-
-
-class Snapshots(pl.Callback):
-    """The trainable weights after every optimizer step (before the teacher's update reads them)."""
-
-    def __init__(self) -> None:
-        self.weights: list[dict[str, torch.Tensor]] = []
-
-    def _take(self, module: pl.LightningModule) -> None:
-        self.weights.append({n: p.detach().double().clone() for n, p in module.named_parameters() if p.requires_grad})
-
-    def on_train_start(self, trainer, module):
-        self._take(module)
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self._take(module)
+from tests.helpers.models import Snapshots, tiny_bert, token_batch, token_loader, trainer
 
 
 @pytest.mark.parametrize(("half_life", "warmup"), [(None, 0.25), (0.5, 0.1)])

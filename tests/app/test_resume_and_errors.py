@@ -8,12 +8,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_app import TINY, app_config, smart_train, stopped_run, write_csv
 
-from lightning_smart.cli import build, train
+from lightning_smart.app.cli import build, train
 from lightning_smart.config import ConfigError
 from lightning_smart.data import DataError
 from lightning_smart.teacher import EMATeacherCallback
+from tests.helpers.app import TINY, app_config, smart_train, stopped_run, write_csv
 
 # 64 training examples in batches of 16: 4 optimizer steps an epoch, 8 in all, validated (and last.ckpt written)
 # every 2 steps: mid-epoch and at each epoch's end. Dropout stays on (the model's 0.1), and so does the σ-noise.

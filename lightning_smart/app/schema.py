@@ -140,7 +140,7 @@ class CheckpointConf:
 
 @dataclass
 class EvalConf:
-    """What the run measures beyond its task's metrics, after training (:mod:`lightning_smart.robustness`).
+    """What the run measures beyond its task's metrics, after training (:mod:`lightning_smart.app.robustness`).
 
     Args:
         robust_radii: radii ε of the embedding-space PGD attack (:mod:`lightning_smart.attack`, ℓ∞, in units of

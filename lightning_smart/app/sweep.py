@@ -7,7 +7,7 @@ when Hydra's multirun ends (:class:`AggregateSweep`), or again at any time with 
 - ``aggregate.csv``: every metric, one row per setting and metric: n, median, mean, std;
 - ``val_curves.png``: the main validation metric against the step, per setting (mean over seeds, min–max band);
 - with plain fine-tuning among the settings (``experiment=compare``), ``compare.md``, ``compare.csv`` and
-  ``compare.png``: the paired comparison with plain (:mod:`lightning_smart.compare`).
+  ``compare.png``: the paired comparison with plain (:mod:`lightning_smart.app.compare`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -30,24 +28,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from lightning_smart import compare
+from lightning_smart.app import compare
+from lightning_smart.app.files import replacing
 
 AGGREGATED_OVER = ("seed",)
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to, renamed onto ``path`` when the block ends without error.
-
-    The rename is atomic (same folder, ``os.replace``): a reader never sees half a file, and a crash while writing
-    leaves the previous ``path`` whole. The temporary name keeps the suffix, for writers that read the format from it.
-    """
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -11,13 +11,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SEQ, VOCAB, token_batch
 from torch import nn
-from transformers import BertConfig, BertForTokenClassification, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForTokenClassification, BertModel
 
 from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig
 from lightning_smart.outputs import counted, divergence
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import SEQ, VOCAB, tiny_llama, token_batch
 
 
 def ref_position_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -77,14 +77,6 @@ def test_the_causal_shift_compares_the_predictions_of_the_next_token() -> None:
     token_weights = counted(labels, batch["attention_mask"], "token", p)
     assert divergence(p, first, "token", token_weights) == 0
     assert divergence(p, first, "causal", counted(labels, batch["attention_mask"], "causal", p)) > 0
-
-
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2 * SEQ,
-                         initializer_range=0.3)
-    return LlamaForCausalLM(config).train()
 
 
 def tiny_tagger(seed: int = 0, classes: int = 5) -> BertForTokenClassification:

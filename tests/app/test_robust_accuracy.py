@@ -9,16 +9,16 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_app import TINY, app_config, smart_train
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import AutoModelForSequenceClassification
 
+from lightning_smart.app.checks import check
+from lightning_smart.app.cli import train
+from lightning_smart.app.robustness import refuse_sharded
 from lightning_smart.attack import pgd_attack, robust_accuracy
-from lightning_smart.checks import check
-from lightning_smart.cli import train
 from lightning_smart.config import ConfigError
-from lightning_smart.robustness import refuse_sharded
+from tests.helpers.app import TINY, app_config, smart_train
 
 RADII = (0.03, 0.1)
 # Evaluation batches of 8: the 64 validation (and test) snippets make 8 batches, of which the app attacks every

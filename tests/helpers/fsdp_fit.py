@@ -2,7 +2,7 @@
 
 ``ModelParallelStrategy`` re-launches this script once per rank, so :mod:`test_fsdp` runs it in a subprocess:
 
-    python tests/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--resume CKPT] [--functional-call]
+    python tests/helpers/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--resume CKPT] [--functional-call]
         [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast] [--lora]
 
 Each rank writes to ``OUT``: its per-step losses, and at the last step (after the step's forwards, where FSDP2's
@@ -31,14 +31,13 @@ from torch.func import functional_call
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import VOCAB, tiny_bert, token_examples
-
+sys.path.insert(0, str(Path(__file__).parents[2]))  # the checkout, for tests.helpers
 from lightning_smart import EMATeacherCallback, SmartConfig
+from lightning_smart.app.export import export_pretrained
 from lightning_smart.ema import ShardedEMA, eval_mode
-from lightning_smart.export import export_pretrained
 from lightning_smart.sharding import shard_transformer
 from lightning_smart.tasks import CausalLMTask, SequenceTask
+from tests.helpers.models import VOCAB, tiny_bert, token_examples
 
 GLOBAL_BATCH = 8
 SMART = SmartConfig(sigma=0.0, lambda_s=1.0, epsilon=1e-3, eta=1e-2, probe=False)

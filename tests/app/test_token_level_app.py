@@ -14,44 +14,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_app import Interrupt, app_config, smart_train
 from seqeval.metrics import f1_score
-from test_decoders import _tokenizer
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
 )
 
-from lightning_smart.cli import build, train
+from lightning_smart.app.cli import build, train
 from lightning_smart.data import DataError, SFTDataModule, TaggingDataModule
 from lightning_smart.data.sources import load_trec
+from tests.helpers.app import Interrupt, app_config, smart_train
+from tests.helpers.decoders import save_causal_lm
 
 SMALL = ["data.train_size=64", "data.val_size=32", "data.test_size=32", "data.max_length=40", "data.batch_size=16",
          "trainer.max_steps=8", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1", "progress_bar=false",
          "checkpoint.save_top_k=0", "checkpoint.save_last=true", "smart.sigma=1e-3", "teacher.validate=true"]
 WH = {"what", "which", "who", "whom", "whose", "when", "where", "why", "how"}
-
-
-def save_causal_lm(kind: str, folder: Path) -> Path:
-    """A tiny random ``kind`` (llama, gpt2) causal LM and the BPE tokenizer (Llama's pads left, GPT-2's right)."""
-    tokenizer = _tokenizer("left" if kind == "llama" else "right")
-    torch.manual_seed(0)
-    if kind == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=None,
-            bos_token_id=None, eos_token_id=1))
-    else:
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                                           pad_token_id=None, bos_token_id=1, eos_token_id=1))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -2,7 +2,7 @@
 
 ``smart-train -m experiment=compare`` runs plain fine-tuning, the teacher alone and the paper's method (or the
 settings you list) on the same seeds; when the sweep ends (and again with ``smart-aggregate DIR``) this module
-writes, beside :mod:`lightning_smart.sweep`'s aggregate, in the sweep's folder:
+writes, beside :mod:`lightning_smart.app.sweep`'s aggregate, in the sweep's folder:
 
 - ``compare.md``: per setting, the monitored metric on validation and on each test split as median (IQR); the
   paired per-seed difference from plain with a bootstrap 95% interval; failed runs; seconds per run and the ratio
@@ -13,7 +13,7 @@ writes, beside :mod:`lightning_smart.sweep`'s aggregate, in the sweep's folder:
 - ``compare.png``: the paired differences with their intervals.
 
 Plain is the setting whose runs have ``smart.lambda_s = 0`` and no teacher. The statistics are
-:mod:`lightning_smart.stats`'s, which ``benchmarks/quality.py`` uses too. A run's seconds leave out its robust
+:mod:`lightning_smart.app.stats`'s, which ``benchmarks/quality.py`` uses too. A run's seconds leave out its robust
 accuracy's attack, which costs every setting the same and measures rather than trains.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from lightning_smart import stats
+from lightning_smart.app import stats
 
 ROBUST = "robust_acc@"
 """The prefix of robust accuracy's metrics in ``summary.json`` (``robust_acc@0.1``: at radius 0.1)."""
@@ -106,7 +106,7 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
     """The comparison of every setting with plain: its rows, and the Markdown report's lines.
 
     Args:
-        names: each run's setting (:func:`lightning_smart.sweep.settings`).
+        names: each run's setting (:func:`lightning_smart.app.sweep.settings`).
         summaries: each run's ``summary.json``, in the same order.
 
     Returns:
@@ -187,7 +187,7 @@ def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
 def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str, radii: list[float],
                 tests: list[str], ood: set[str], val: SplitRow, clean_tests: list[SplitRow]) -> str:
     """The verdict's robustness part: robust accuracy at each radius, against the clean, out-of-domain and time cost
-    (:func:`~lightning_smart.stats.robustness_verdict`); empty without robust accuracy."""
+    (:func:`~lightning_smart.app.stats.robustness_verdict`); empty without robust accuracy."""
     attacked = []
     for radius in radii:
         row = at.get((setting, "validation", radius))

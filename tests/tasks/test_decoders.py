@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_app import TINY, smart_train
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -25,20 +23,11 @@ from transformers import (
     LlamaConfig,
     LlamaForSequenceClassification,
     PreTrainedModel,
-    PreTrainedTokenizerFast,
 )
 
-from lightning_smart.data.sources import load_snippets
 from lightning_smart.tasks.base import parameter_groups
-
-
-def _tokenizer(padding_side: str) -> PreTrainedTokenizerFast:
-    texts = load_snippets("movies", 2)[0].texts
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "</s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>",
-                                   padding_side=padding_side, model_input_names=["input_ids", "attention_mask"])
+from tests.helpers.app import TINY, smart_train
+from tests.helpers.decoders import bpe_tokenizer
 
 
 def _model(kind: str, vocab: int) -> PreTrainedModel:
@@ -54,7 +43,7 @@ def _model(kind: str, vocab: int) -> PreTrainedModel:
 def decoder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     kind, side = request.param
     folder = tmp_path_factory.mktemp(kind)
-    tokenizer = _tokenizer(side)
+    tokenizer = bpe_tokenizer(side)
     torch.manual_seed(0)
     model = _model(kind, len(tokenizer))
     assert model.config.pad_token_id is None and tokenizer.pad_token is None

@@ -9,10 +9,10 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers_app import TINY, smart_train
 
-from lightning_smart import stats
-from lightning_smart.compare import compare, plot, write_csv
+from lightning_smart.app import stats
+from lightning_smart.app.compare import compare, plot, write_csv
+from tests.helpers.app import TINY, smart_train
 
 
 def test_pairing_and_the_bootstrap_against_a_hand_computation() -> None:

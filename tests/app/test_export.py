@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_app import TINY, Interrupt, app_config
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from lightning_smart.cli import build, train
+from lightning_smart.app.cli import build, train
 from lightning_smart.teacher import EMATeacherCallback
+from tests.helpers.app import TINY, Interrupt, app_config
 
 # Every validation (steps 2 and 4) keeps a best checkpoint, so last.ckpt is always one of them.
 KEEP_ALL = [*[o for o in TINY if not o.startswith("checkpoint.")], "checkpoint.save_top_k=-1",

@@ -13,7 +13,7 @@ much, without assuming a distribution:
 The interval is over seeds with the evaluation sets fixed: it leaves out the sampling of the evaluation examples
 (a binomial standard error of about 1.3 points at 90% accuracy on 500 examples).
 
-``smart-aggregate`` (:mod:`lightning_smart.sweep`) and ``benchmarks/quality.py`` both use these.
+``smart-aggregate`` (:mod:`lightning_smart.app.sweep`) and ``benchmarks/quality.py`` both use these.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-import lightning_smart.cli  # noqa: F401  (registers the schema and the ${package_dir:} resolver)
+import lightning_smart.app.cli  # noqa: F401  (registers the schema and the ${package_dir:} resolver)
 
 # A few seconds per run: the 2-layer model, 64 examples per split, 4 steps with a validation every 2.
 TINY = [
@@ -44,7 +44,7 @@ def app_config(overrides: Sequence[str] = ()) -> Iterator[DictConfig]:
 def smart_train(args: Sequence[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed ``smart-train`` console script in ``cwd``, offline."""
     command = shutil.which("smart-train")
-    argv = [command] if command else [sys.executable, "-c", "from lightning_smart.cli import main; main()"]
+    argv = [command] if command else [sys.executable, "-c", "from lightning_smart.app.cli import main; main()"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -57,8 +57,8 @@ def write_csv(path: Path, header: str, rows: Sequence[str]) -> Path:
 
 def stopped_run(overrides: Sequence[str], out: Path, at: int) -> tuple[Any, Path]:
     """Build the run ``overrides`` compose and crash it at the start of optimizer step ``at``: the run (what
-    :func:`lightning_smart.cli.build` made) and its ``last.ckpt``."""
-    from lightning_smart.cli import build
+    :func:`lightning_smart.app.cli.build` made) and its ``last.ckpt``."""
+    from lightning_smart.app.cli import build
 
     with app_config(overrides) as cfg:
         run = build(cfg, out)

@@ -1,10 +1,10 @@
 """The mixin's hooks: what the model outputs and where δ goes, each a method a LightningModule may override.
 
-:class:`SmartHooks` holds the defaults for a transformers model in ``self.model`` and a dict batch with ``labels``
-and ``attention_mask``: :meth:`~SmartHooks.smart_forward`, :meth:`~SmartHooks.smart_task_loss`,
-:meth:`~SmartHooks.smart_padding_mask` and :meth:`~SmartHooks.smart_divergence` (by the kind of output,
-:mod:`lightning_smart.outputs`), :meth:`~SmartHooks.smart_perturbation_site` and
-:meth:`~SmartHooks.smart_noise_seed` (:mod:`lightning_smart.perturbation`). The step that calls them is
+:class:`SmartOverrides` holds the defaults for a transformers model in ``self.model`` and a dict batch with ``labels``
+and ``attention_mask``: :meth:`~SmartOverrides.smart_forward`, :meth:`~SmartOverrides.smart_task_loss`,
+:meth:`~SmartOverrides.smart_padding_mask` and :meth:`~SmartOverrides.smart_divergence` (by the kind of output,
+:mod:`lightning_smart.outputs`), :meth:`~SmartOverrides.smart_perturbation_site` and
+:meth:`~SmartOverrides.smart_noise_seed` (:mod:`lightning_smart.perturbation`). The step that calls them is
 :class:`~lightning_smart.SmartLightningModule`'s (:mod:`lightning_smart.module`).
 """
 
@@ -21,7 +21,7 @@ from lightning_smart.config import SmartConfig
 from lightning_smart.perturbation import find_site, input_embeddings, noised
 
 
-class SmartHooks:
+class SmartOverrides:
     """The overridable parts of the SMART step, with their defaults (see the module's docstring)."""
 
     smart: SmartConfig
@@ -99,4 +99,4 @@ class SmartHooks:
         return (((base * 1_000_003 + rank) * 1_000_003 + step) * 1_000_003 + batch_idx) % (2**63 - 1)
 
 
-__all__ = ["SmartHooks"]
+__all__ = ["SmartOverrides"]

@@ -16,7 +16,6 @@ from typing import get_args
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers_app import TINY, app_config, smart_train, write_csv
 from hydra import compose, initialize_config_module
 from lightning.fabric.connector import _PRECISION_INPUT_STR
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -24,17 +23,18 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
-from test_token_app import save_causal_lm
 
-from lightning_smart import checks, sweep
-from lightning_smart.cli import AtomicCheckpointIO, build, check, train
+from lightning_smart.app import checks, sweep
+from lightning_smart.app.checkpoints import LastCheckpoint
+from lightning_smart.app.cli import AtomicCheckpointIO, build, check, train
+from lightning_smart.app.schema import DataConf
+from lightning_smart.app.sweep import Job, aggregate, settings
 from lightning_smart.config import ConfigError
 from lightning_smart.data import TextDataModule, minilm_path
-from lightning_smart.export import LastCheckpoint
-from lightning_smart.schema import DataConf
-from lightning_smart.sweep import Job, aggregate, settings
 from lightning_smart.tasks import CausalLMTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
+from tests.helpers.app import TINY, app_config, smart_train, write_csv
+from tests.helpers.decoders import save_causal_lm
 
 CONF = Path(str(files("lightning_smart.conf")))
 GROUPS = ("smart", "teacher", "model", "data", "trainer", "callbacks", "logger", "hparams_search", "experiment")
@@ -242,7 +242,7 @@ def test_multirun_writes_the_aggregate_and_the_plot(tmp_path: Path) -> None:
     assert (sweep / "val_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "smart=paper" in result.stdout  # the table, printed at the sweep's end
 
-    command = "from lightning_smart.sweep import aggregate_main; aggregate_main()"
+    command = "from lightning_smart.app.sweep import aggregate_main; aggregate_main()"
     printed = subprocess.run([sys.executable, "-c", command, str(sweep)], capture_output=True, text=True, check=True)
     assert "smart=off" in printed.stdout and "median (mean ± std)" in printed.stdout
 
@@ -262,7 +262,7 @@ def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
 def test_plain_install_runs_from_any_directory(tmp_path: Path) -> None:
     """``pip install .`` (not editable) ships the configs: the command composes them from another folder,
     with a user's presets added by ``--config-dir``."""
-    root = Path(__file__).parents[1]
+    root = Path(__file__).parents[2]
     wheel_dir = tmp_path / "wheel"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(wheel_dir), str(root)], check=True, capture_output=True)

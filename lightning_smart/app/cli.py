@@ -10,7 +10,7 @@ Examples::
 
 A run writes, under Hydra's output folder: ``csv/metrics.csv``, ``checkpoints/`` (best and last: one file when they
 are the same step), ``model/`` and ``teacher/`` (``save_pretrained`` folders) and ``summary.json``. Config and data
-are checked before Hydra creates that folder, where Hydra allows (:mod:`lightning_smart.checks`).
+are checked before Hydra creates that folder, where Hydra allows (:mod:`lightning_smart.app.checks`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_smart.callbacks import RandomState, ValidationStep, from_config
-from lightning_smart.checks import (
+from lightning_smart.app.callbacks import RandomState, ValidationCurve, from_config
+from lightning_smart.app.checkpoints import AtomicCheckpointIO
+from lightning_smart.app.checks import (
     CheckBeforeRun,
     Checked,
     check,
@@ -41,19 +42,13 @@ from lightning_smart.checks import (
     check_once,
     refuse_relaunch_under_multirun,
 )
+from lightning_smart.app.export import export_pretrained, is_sharded
+from lightning_smart.app.files import write_json
+from lightning_smart.app.robustness import RobustEvaluation, refuse_sharded
+from lightning_smart.app.schema import register_configs
+from lightning_smart.app.summary import PeakMemory, print_summary, summarize
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.data import SFTDataModule, TaggingDataModule
-from lightning_smart.export import (
-    AtomicCheckpointIO,
-    PeakMemory,
-    export_pretrained,
-    is_sharded,
-    print_summary,
-    summarize,
-    write_json,
-)
-from lightning_smart.robustness import RobustEvaluation, refuse_sharded
-from lightning_smart.schema import register_configs
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 
@@ -73,7 +68,7 @@ class Run:
     model: FineTuneTask
     trainer: pl.Trainer
     checkpoint: ModelCheckpoint | None
-    validation: ValidationStep
+    validation: ValidationCurve
     teacher: EMATeacherCallback | None
 
 
@@ -108,7 +103,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     if cfg.ckpt_path is not None:
         check_checkpoint(cfg.ckpt_path, model)
     callbacks, checkpoint = from_config(cfg, out, checked.metric)
-    validation = ValidationStep(checkpoint, checked.metric)
+    validation = ValidationCurve(checkpoint, checked.metric)
     teacher = None if checked.teacher is None else EMATeacherCallback.from_config(checked.teacher)
     callbacks += [validation, RandomState(), *([teacher] if teacher else [])]
     loggers: list[Logger] = [instantiate(spec, save_dir=str(out)) for spec in (cfg.logger or {}).values() if spec]
@@ -124,7 +119,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
 
     The final student is saved in ``model/`` and the teacher, when validated, in ``teacher/`` (``save_pretrained``
     folders with the tokenizer), before the test sets load the best checkpoint. With ``eval.robust_radii``, robust
-    accuracy (:mod:`lightning_smart.robustness`) is measured on validation at the final weights, on each test split
+    accuracy (:mod:`lightning_smart.app.robustness`) is measured on validation at the final weights, on each test split
     at the weights its test used, and for the teacher from ``teacher/``.
 
     Args:
@@ -133,7 +128,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
         run: what :func:`build` made of ``cfg`` (built here when ``None``).
 
     Returns:
-        The summary (:func:`~lightning_smart.export.summarize`).
+        The summary (:func:`~lightning_smart.app.summary.summarize`).
     """
     start = time.perf_counter()
     out = Path(output_dir)

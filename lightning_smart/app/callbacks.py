@@ -13,10 +13,10 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from omegaconf import DictConfig
 
-from lightning_smart.export import LastCheckpoint
+from lightning_smart.app.checkpoints import LastCheckpoint
 
 
-class ValidationStep(Callback):
+class ValidationCurve(Callback):
     """Remembers the step of the last validation and the monitored metric at each validation (the run's validation
     curve, kept across a resume), so the summary always holds the final weights' metrics and the curve.
 
@@ -31,6 +31,11 @@ class ValidationStep(Callback):
         self.checkpoint = checkpoint
         self.metric = metric
         self.curve: list[tuple[int, float]] = []
+
+    @property
+    def state_key(self) -> str:
+        # Checkpoints key this callback's state by this name: it stays fixed, so that existing checkpoints resume.
+        return "ValidationStep"
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
