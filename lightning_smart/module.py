@@ -173,7 +173,7 @@ class SmartLightningModule(SmartOverrides):
         logs: dict[str, Tensor | float] = {"train/task_loss": task_loss}
 
         if adversarial:
-            self._smart_probing.at_regularized_step(self, batch, batch_idx, x, step)  # the probe, when due
+            self._smart_record(self._smart_probing.at_regularized_step(self, batch, batch_idx, x, step))  # probe
             # 2.–3. δ: σ-noise, then K ascent steps; 4. R_s = ℓs(f(x + δ), z).
             delta, scale, finite = self.smart_perturbation(batch, batch_idx, site, x, z.detach(), rng)
             shift = delta if scale is None else delta * scale
@@ -244,6 +244,7 @@ class SmartLightningModule(SmartOverrides):
         ``dropout_kl``: ℓs between two clean forwards that differ only in their dropout masks
         (:func:`lightning_smart.probe.measure`).
         """
+        self._smart_choose_precision(batch, self.smart_perturbation_site())
         return probe.measure(self, batch, batch_idx)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -280,16 +281,25 @@ class SmartLightningModule(SmartOverrides):
         trainer = getattr(self, "_trainer", None)
         reduce = None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
         start = time.perf_counter()
+        self._smart_choose_precision(batch, self.smart_perturbation_site())
         with replayed(rng_snapshot(device), device):
             found = probe.calibrate(self, batch, batch_idx, step, self._smart_radius, reduce)
         self.smart_calibration_s += time.perf_counter() - start
         self._smart_radius = found.epsilon
         self.smart_calibrations.append(found)
+        unreached = probe.unreached_warning(found, self.smart.target_ratio)
         result = probe.ProbeResult(step, dict(found.tried)[found.epsilon], found.dropout_kl)
-        self.smart_probes.append(result)
-        self._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
-                         "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
-        self._smart_warn(probe.unreached_warning(found, self.smart.target_ratio))
+        self._smart_record(probe.Probed(result, (unreached,) if unreached else ()))
+
+    def _smart_record(self, probed: probe.Probed) -> None:
+        """Keep a probe's result in :attr:`smart_probes`, log it, and give its warnings."""
+        if probed.result is not None:
+            self.smart_probes.append(probed.result)
+            self._smart_log({"smart/probe_perturbation_kl": probed.result.perturbation_kl,
+                             "smart/probe_dropout_kl": probed.result.dropout_kl,
+                             "smart/probe_ratio": probed.result.ratio})
+        for warning in probed.warnings:
+            self._smart_warn(warning)
 
     def on_validation_start(self) -> None:
         """``smart.epsilon=auto``: the first regularized step after a validation inside ``fit`` calibrates. Marked

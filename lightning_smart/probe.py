@@ -18,8 +18,9 @@ still reached, up while it is not; the ratio grows with the radius), the clean f
 every radius tried. R_s is off until the first calibration, at the first regularized step after the first
 validation: at the first step the fresh head's ratio would choose a radius several grid points too large.
 
-:func:`measure` and :func:`calibrate` run the probe through a module's own SMART methods; the other functions decide
-from numbers and modules, and the mixin logs and warns.
+:func:`measure` and :func:`calibrate` run the probe through a module's own public SMART methods and return what they
+measured; :class:`ProbeSchedule` returns each result with what to warn about; the other functions decide from
+numbers and modules. The mixin keeps, logs and warns.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ class ProbeResult(NamedTuple):
         return self.perturbation_kl / self.dropout_kl if self.dropout_kl > 0 else float("inf")
 
 
+class Probed(NamedTuple):
+    """What one regularized step's probing found, for the mixin to keep, log and warn about."""
+
+    result: ProbeResult | None = None
+    warnings: tuple[str, ...] = ()
+
+
 class ProbeSchedule:
     """When the mixin probes (with ``smart.probe``): at its first regularized step, and at the first regularized
-    step after each validation inside ``fit``; each result logged and kept in ``module.smart_probes``, and one
-    warning (:func:`weak_perturbation_warning`) the first time a probe after step 0 finds the perturbation weak.
-
-    The first regularized step also warns where a half-precision model (no autocast) cannot resolve ε.
+    step after each validation inside ``fit``. It returns each result and what to warn about: one warning
+    (:func:`weak_perturbation_warning`) the first time a probe after step 0 finds the perturbation weak, and at the
+    first regularized step, where a half-precision model (no autocast) cannot resolve ε, that one.
     """
 
     def __init__(self) -> None:
@@ -64,34 +71,31 @@ class ProbeSchedule:
         self.due = False
         self.warned = False
 
-    def at_regularized_step(self, module: Any, batch: Any, batch_idx: int, x: torch.Tensor, step: int) -> None:
-        """Called by the step (λs > 0) with the clean perturbed tensor ``x``."""
+    def at_regularized_step(self, module: Any, batch: Any, batch_idx: int, x: torch.Tensor, step: int) -> Probed:
+        """Called by the step (λs > 0) with the clean perturbed tensor ``x``; probes when due."""
         if self.first_done:
-            if self.due:
-                self.run(module, batch, batch_idx, step)
-            return
+            return self.run(module, batch, batch_idx, step) if self.due else Probed()
         self.first_done = True
         cfg, epsilon = module.smart, module.smart_epsilon
+        unresolved = None
         if not torch.is_autocast_enabled(x.device.type):
             found = precision.resolution(x, module.smart_padding_mask(batch), epsilon, cfg.epsilon_scale)
-            module._smart_warn(precision.unresolved_warning(epsilon, cfg.epsilon_scale, found))
-        if cfg.probe and not cfg.auto:  # with auto, each calibration is the probe
-            self.run(module, batch, batch_idx, step)
+            unresolved = precision.unresolved_warning(epsilon, cfg.epsilon_scale, found)
+        probed = self.run(module, batch, batch_idx, step) if cfg.probe and not cfg.auto else Probed()
+        return probed._replace(warnings=(unresolved,) * bool(unresolved) + probed.warnings)  # auto: calibrations probe
 
-    def run(self, module: Any, batch: Any, batch_idx: int, step: int) -> None:
-        """The probe on this training batch at the current weights, on a forked RNG: its dropout draws leave the
-        training's stream (and a resume) as they were."""
+    def run(self, module: Any, batch: Any, batch_idx: int, step: int) -> Probed:
+        """The probe on this training batch at the current weights (:meth:`smart_probe`), on a forked RNG: its
+        dropout draws leave the training's stream (and a resume) as they were."""
         self.due = False
         device: torch.device = module.device
         with replayed(rng_snapshot(device), device):
             measured = module.smart_probe(batch, batch_idx)
         result = ProbeResult(step, measured["perturbation_kl"], measured["dropout_kl"])
-        module.smart_probes.append(result)
-        module._smart_log({"smart/probe_perturbation_kl": result.perturbation_kl,
-                           "smart/probe_dropout_kl": result.dropout_kl, "smart/probe_ratio": result.ratio})
-        if not self.warned:
-            self.warned = module._smart_warn(
-                weak_perturbation_warning(result, module.smart_epsilon, module.smart.epsilon_scale))
+        weak = None if self.warned else weak_perturbation_warning(result, module.smart_epsilon,
+                                                                  module.smart.epsilon_scale)
+        self.warned = self.warned or weak is not None
+        return Probed(result, (weak,) if weak else ())
 
     def after_validation(self, module: Any) -> None:
         """After a validation inside ``fit`` (not the sanity check), the next regularized step probes again."""
@@ -119,12 +123,12 @@ def probing(module: Any, batch: Any, batch_idx: int = 0) -> Iterator[Probing]:
     perturbed forward on the clean forward's masks. Values are 0-d tensors (a caller under DDP reduces them).
 
     The random state on entry fixes every mask; each ``perturbation_kl`` leaves it as it was, so the values at a
-    radius are those of :func:`measure` at that radius from the same state.
+    radius are those of :func:`measure` at that radius from the same state. The passes run where the module's
+    precision policy has them (the mixin decides it before it probes).
     """
     site = module.smart_perturbation_site()
     device: torch.device = module.device
     rng = rng_snapshot(device)
-    module._smart_choose_precision(batch, site)
     with module.smart_precision():
         with captured(site) as clean, torch.no_grad():
             z = module.smart_forward(batch)
@@ -317,7 +321,7 @@ def dropout_off_warning(model: nn.Module) -> str | None:
 
 
 __all__ = [
-    "WEAK_RATIO", "Calibration", "ProbeResult", "ProbeSchedule", "Probing", "calibrate", "dropout_off_warning",
-    "inside_fit", "measure", "no_dropout_error", "no_reference_message", "probing", "search", "unreached_warning",
-    "weak_perturbation_warning",
+    "WEAK_RATIO", "Calibration", "ProbeResult", "ProbeSchedule", "Probed", "Probing", "calibrate",
+    "dropout_off_warning", "inside_fit", "measure", "no_dropout_error", "no_reference_message", "probing", "search",
+    "unreached_warning", "weak_perturbation_warning",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from lightning_smart.config import ConfigError
+from lightning_smart.config import ConfigError, TeacherConfig
 
 
 def rampup(step: int, total_steps: float, fraction: float) -> float:
@@ -65,4 +65,23 @@ def ema_warmup(beta: float, update: int) -> float:
     return min(beta, 1.0 - 1.0 / (update + 1))
 
 
-__all__ = ["ema_warmup", "rampup", "run_rampup"]
+def ema_beta(config: TeacherConfig, update: int, total_steps: int) -> float:
+    """β of the EMA update with index ``update`` (0-based) in a run of ``total_steps`` optimizer steps: β0 during
+    the first ``warmup_fraction`` of the run, β1 after (or the one β of a ``half_life``), capped by
+    :func:`ema_warmup` with ``ema_warmup``.
+
+    Example:
+        >>> ema_beta(TeacherConfig(beta=0.9, beta_final=0.99, warmup_fraction=0.1), 9, 100), ema_beta(
+        ...     TeacherConfig(beta=0.9, beta_final=0.99, warmup_fraction=0.1), 10, 100)
+        (0.9, 0.99)
+        >>> round(ema_beta(TeacherConfig(half_life=0.5), 0, 10) ** 5, 12)
+        0.5
+    """
+    if config.half_life is not None:
+        beta = 0.5 ** (1.0 / max(config.half_life * total_steps, 1e-12))
+    else:
+        beta = config.beta if update < config.warmup_fraction * total_steps else config.beta_final
+    return ema_warmup(beta, update + 1) if config.ema_warmup else beta
+
+
+__all__ = ["ema_beta", "ema_warmup", "rampup", "run_rampup"]

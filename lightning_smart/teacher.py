@@ -12,6 +12,11 @@ with ``ema_warmup``, β is capped by Mean Teacher's 1 − 1/(t + 1)). μ may ris
 :mod:`lightning_smart.ema`: dense (one float32 copy of the trainable parameters, swapped in by ``functional_call``)
 or, under FSDP2 (``ModelParallelStrategy``), sharded like the parameters. The callback is the wiring: the schedule,
 the checks at setup, the hooks, and the checkpoint.
+
+In the checkpoint: dense, θ̃ in the callback's state. FSDP2 with a distributed checkpoint (a folder, one file per
+rank): the callback's state is written by rank 0 alone, so θ̃'s shards go beside the model's, through distributed
+checkpointing, and are read back from the same folder. FSDP2 with a full checkpoint (one file): θ̃ gathered whole
+into the callback's state, each rank taking its shard back on load.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import Tensor, nn
 
 from lightning_smart.config import TeacherConfig
 from lightning_smart.ema import EMA, ShardedEMA, ema_of
-from lightning_smart.schedule import ema_warmup, rampup
+from lightning_smart.schedule import ema_beta, rampup
 
 SHARDED_KEY = "smart_teacher."
 """Under FSDP2's distributed checkpoint, θ̃'s shards are saved beside the model's, under this prefix."""
@@ -55,23 +60,12 @@ class EMATeacherCallback(Callback):
     ``ModelParallelStrategy`` (FSDP2) float32 shards placed like the parameters'. Lightning's FSDP1 and DeepSpeed
     stage 3 are refused at setup (:func:`refuse_gathering_strategy`).
 
-    Example::
-
-        trainer = Trainer(callbacks=[EMATeacherCallback(mu=1.0)])
+    Example: ``Trainer(callbacks=[EMATeacherCallback(mu=1.0)])``.
     """
 
-    def __init__(
-        self,
-        mu: float = 1.0,
-        beta: float = 0.99,
-        beta_final: float = 0.999,
-        warmup_fraction: float = 0.1,
-        half_life: float | None = None,
-        dropout: bool = False,
-        validate: bool = False,
-        rampup: float = 0.0,
-        ema_warmup: bool = False,
-    ) -> None:
+    def __init__(self, mu: float = 1.0, beta: float = 0.99, beta_final: float = 0.999, warmup_fraction: float = 0.1,
+                 half_life: float | None = None, dropout: bool = False, validate: bool = False, rampup: float = 0.0,
+                 ema_warmup: bool = False) -> None:
         self.config = TeacherConfig(mu=mu, beta=beta, beta_final=beta_final, warmup_fraction=warmup_fraction,
                                     half_life=half_life, dropout=dropout, validate=validate, rampup=rampup,
                                     ema_warmup=ema_warmup)
@@ -102,42 +96,22 @@ class EMATeacherCallback(Callback):
     def state_key(self) -> str:
         return "EMATeacherCallback"
 
-    # -- the schedule -------------------------------------------------------------------------
 
     def beta_at(self, update: int) -> float:
         """β of the update with index ``update`` (0-based) in a run of ``total_steps`` optimizer steps."""
-        cfg = self.config
-        if cfg.half_life is not None:
-            beta = 0.5 ** (1.0 / max(cfg.half_life * self.total_steps, 1e-12))
-        else:
-            beta = cfg.beta if update < cfg.warmup_fraction * self.total_steps else cfg.beta_final
-        return ema_warmup(beta, update + 1) if cfg.ema_warmup else beta
+        return ema_beta(self.config, update, self.total_steps)
 
     def weight(self, step: int) -> float:
         """μ at optimizer step ``step`` (0-based): μ times the ramp-up's factor, μ itself without a ramp."""
         return self.mu * rampup(step, self.total_steps, self.config.rampup)
 
-    # -- lifecycle ----------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # The mixin adds μ·D in smart_loss from the teacher it is handed: a module without them would ignore it.
-        if not (callable(getattr(pl_module, "smart_loss", None)) and callable(getattr(pl_module, "smart_forward", None))
-                and hasattr(pl_module, "smart_teacher")):
-            name = type(pl_module).__name__
-            raise ValueError(
-                f"EMATeacherCallback cannot add μ·D to {name}: it is not a SmartLightningModule (no smart_loss,"
-                f" smart_forward and smart_teacher). Put the mixin first in its bases, class {name}"
-                "(SmartLightningModule, L.LightningModule), or remove the callback."
-            )
+        refuse_module(pl_module, self.config.validate)
         refuse_gathering_strategy(trainer.strategy)
         strategy = trainer.strategy
         self._distributed_checkpoint = isinstance(strategy, ModelParallelStrategy) and bool(
             strategy._save_distributed_checkpoint)  # the strategy's own setting: a folder of shards, or one file
-        if self.config.validate and not callable(getattr(pl_module, "teacher_validation_step", None)):
-            raise ValueError(
-                f"teacher.validate=true needs {type(pl_module).__name__}.teacher_validation_step(batch, batch_idx)"
-                " to evaluate the teacher's weights; define it or set teacher.validate=false"
-            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # θ̃ starts at the weights the fit starts from: after the strategy has moved, sharded and broadcast them. A
@@ -150,17 +124,7 @@ class EMATeacherCallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.estimated_stepping_batches
-        cfg = self.config
-        needs_length = [key for key, used in (
-            ("half_life", cfg.half_life is not None),
-            ("warmup_fraction", 0 < cfg.warmup_fraction < 1 and cfg.beta != cfg.beta_final),
-            ("rampup", cfg.rampup > 0),
-        ) if used]
-        if not math.isfinite(total) and needs_length:
-            raise ValueError(
-                f"teacher.{needs_length[0]} is a fraction of the run's optimizer steps, but this run has no known"
-                " length: set trainer.max_steps or trainer.max_epochs"
-            )
+        refuse_unknown_length(self.config, total)
         self.total_steps = int(total) if math.isfinite(total) else 0
         self._last_global_step = trainer.global_step
 
@@ -170,9 +134,8 @@ class EMATeacherCallback(Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         pl_module.smart_teacher = None  # type: ignore[assignment]
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
         # 7. Once per optimizer step: global_step moves only when the optimizer stepped.
         if trainer.global_step == self._last_global_step or self._ema is None:
             return
@@ -180,7 +143,6 @@ class EMATeacherCallback(Callback):
         self._ema.update(1.0 - self.beta_at(self.num_updates))
         self.num_updates += 1
 
-    # -- the teacher's forward ----------------------------------------------------------------
 
     def run_as_teacher(self, pl_module: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` with θ̃ in place of the trainable weights, without gradient (dropout per config)."""
@@ -196,48 +158,29 @@ class EMATeacherCallback(Callback):
         """θ̃ as whole tensors, e.g. to export the teacher; under FSDP2 a collective call (every rank calls it)."""
         return self._ema.full() if self._ema is not None else {}
 
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.config.validate and self._ema is not None:
             step: Callable[..., Any] = pl_module.teacher_validation_step  # type: ignore[assignment]
             self.run_as_teacher(pl_module, step, batch, batch_idx)
 
-    # -- checkpoint ---------------------------------------------------------------------------
-    # Dense: θ̃ in this callback's state. FSDP2 with a distributed checkpoint (a folder, one file per rank): the
-    # callback's state is written by rank 0 alone, so θ̃'s shards go beside the model's, through distributed
-    # checkpointing, and are read back from the same folder. FSDP2 with a full checkpoint (one file): θ̃ gathered
-    # whole into the callback's state, each rank taking its shard back on load.
 
     def state_dict(self) -> dict[str, Any]:
         if self.sharded and self._distributed_checkpoint:
             return {"ema": SHARDED_KEY, "num_updates": self.num_updates}
         return {"ema": self.full_ema(), "num_updates": self.num_updates}
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
         if self.sharded and self._distributed_checkpoint and "callbacks" in checkpoint:
             checkpoint["state_dict"].update({SHARDED_KEY + name: e for name, e in self.ema.items()})
 
-    def on_load_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
         self._checkpoint_path = Path(trainer.ckpt_path) if trainer.ckpt_path else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        ema = state_dict.get("ema")
-        if not (isinstance(ema, dict) or ema == SHARDED_KEY) or not isinstance(state_dict.get("num_updates"), int):
-            raise ValueError(
-                "the checkpoint's EMATeacherCallback state is not a teacher's: expected keys 'ema' (name → tensor)"
-                f" and 'num_updates' (int), found {sorted(state_dict)}"
-            )
+        refuse_state(state_dict)
         self.num_updates = state_dict["num_updates"]
         self._restored = state_dict
         if self._ema is not None:  # FSDP2 restores after fit start
@@ -245,18 +188,66 @@ class EMATeacherCallback(Callback):
 
     def _load(self, state: dict[str, Any]) -> None:
         assert self._ema is not None
-        saved = state["ema"]
-        if saved == SHARDED_KEY:
-            if not self.sharded or self._checkpoint_path is None:
-                raise ValueError(
-                    "the checkpoint's teacher was saved sharded (a distributed checkpoint under ModelParallelStrategy):"
-                    " resume it with the same strategy (trainer=fsdp)"
-                )
-            shards = {SHARDED_KEY + name: e for name, e in self.ema.items()}
-            dcp.load({"state_dict": shards}, checkpoint_id=self._checkpoint_path)
-        else:
-            self._ema.load(saved)
+        restore(self._ema, state["ema"], self._checkpoint_path)
         self._restored = None
+
+
+def refuse_module(module: Any, validate: bool) -> None:
+    """Refuse a module the teacher cannot act on: one without the mixin (the mixin adds μ·D in ``smart_loss`` from
+    the teacher it is handed, a module without it would ignore it), or ``validate`` without a
+    ``teacher_validation_step``."""
+    name = type(module).__name__
+    if not (callable(getattr(module, "smart_loss", None)) and callable(getattr(module, "smart_forward", None))
+            and hasattr(module, "smart_teacher")):
+        raise ValueError(
+            f"EMATeacherCallback cannot add μ·D to {name}: it is not a SmartLightningModule (no smart_loss,"
+            f" smart_forward and smart_teacher). Put the mixin first in its bases, class {name}"
+            "(SmartLightningModule, L.LightningModule), or remove the callback."
+        )
+    if validate and not callable(getattr(module, "teacher_validation_step", None)):
+        raise ValueError(
+            f"teacher.validate=true needs {name}.teacher_validation_step(batch, batch_idx)"
+            " to evaluate the teacher's weights; define it or set teacher.validate=false"
+        )
+
+
+def refuse_unknown_length(config: TeacherConfig, total_steps: float) -> None:
+    """Refuse a schedule that is a fraction of the run in a run of no known length (``total_steps`` infinite)."""
+    needs_length = [key for key, used in (
+        ("half_life", config.half_life is not None),
+        ("warmup_fraction", 0 < config.warmup_fraction < 1 and config.beta != config.beta_final),
+        ("rampup", config.rampup > 0),
+    ) if used]
+    if not math.isfinite(total_steps) and needs_length:
+        raise ValueError(
+            f"teacher.{needs_length[0]} is a fraction of the run's optimizer steps, but this run has no known"
+            " length: set trainer.max_steps or trainer.max_epochs"
+        )
+
+
+def refuse_state(state: dict[str, Any]) -> None:
+    """Refuse a checkpoint state that is not a teacher's."""
+    ema = state.get("ema")
+    if not (isinstance(ema, dict) or ema == SHARDED_KEY) or not isinstance(state.get("num_updates"), int):
+        raise ValueError(
+            "the checkpoint's EMATeacherCallback state is not a teacher's: expected keys 'ema' (name → tensor)"
+            f" and 'num_updates' (int), found {sorted(state)}"
+        )
+
+
+def restore(ema: EMA, saved: dict[str, Tensor] | str, checkpoint: Path | None) -> None:
+    """θ̃ from a checkpoint: the tensors themselves, or (:data:`SHARDED_KEY`) its shards read from the distributed
+    checkpoint folder ``checkpoint``, which only a sharded θ̃ can take."""
+    if saved != SHARDED_KEY:
+        ema.load(saved)  # type: ignore[arg-type]
+        return
+    if not isinstance(ema, ShardedEMA) or checkpoint is None:
+        raise ValueError(
+            "the checkpoint's teacher was saved sharded (a distributed checkpoint under ModelParallelStrategy):"
+            " resume it with the same strategy (trainer=fsdp)"
+        )
+    shards = {SHARDED_KEY + name: e for name, e in ema.tensors.items()}
+    dcp.load({"state_dict": shards}, checkpoint_id=checkpoint)
 
 
 def refuse_gathering_strategy(strategy: Any) -> None:

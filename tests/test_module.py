@@ -24,7 +24,16 @@ from lightning_smart import (
 )
 from lightning_smart.divergence import is_regression
 from lightning_smart.tasks import SequenceTask
-from tests.helpers.models import VOCAB, GRUClassifier, tiny_bert, token_batch, token_examples, token_loader, trainer
+from tests.helpers.models import (
+    VOCAB,
+    GRUClassifier,
+    PlainModule,
+    tiny_bert,
+    token_batch,
+    token_examples,
+    token_loader,
+    trainer,
+)
 
 
 def ref_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -114,19 +123,6 @@ def test_ascent_touches_no_parameter_gradient() -> None:
     assert bool(finite) and delta.abs().max() > 0
     for n, p in task.named_parameters():
         assert torch.equal(p.grad, before[n]), n
-
-
-class PlainModule(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = tiny_bert(dropout=0.1, seed=3)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits, batch["labels"])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=1e-2)
 
 
 class SmartOffModule(SmartLightningModule, PlainModule):

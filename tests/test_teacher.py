@@ -13,7 +13,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig, SmartLightningModule
 from lightning_smart.tasks import SequenceTask
-from tests.helpers.models import Snapshots, tiny_bert, token_batch, token_loader, trainer
+from tests.helpers.models import GRUClassifier, PlainModule, Snapshots, tiny_bert, token_batch, token_loader, trainer
 
 
 @pytest.mark.parametrize(("half_life", "warmup"), [(None, 0.25), (0.5, 0.1)])
@@ -109,8 +109,6 @@ def test_validate_logs_the_teachers_metrics_beside_the_students() -> None:
 
 
 def test_validate_needs_a_teacher_validation_step() -> None:
-    from test_module import GRUClassifier
-
     with pytest.raises(ValueError, match=r"teacher.validate=true needs GRUClassifier.teacher_validation_step"):
         trainer(max_steps=1, callbacks=[EMATeacherCallback(validate=True)]).fit(GRUClassifier(), token_loader())
 
@@ -172,8 +170,6 @@ def test_teacher_config_errors_name_the_key() -> None:
 
 
 def test_a_module_that_cannot_add_d_is_refused_at_setup() -> None:
-    from test_module import PlainModule
-
     module = PlainModule()
     before = {n: v.clone() for n, v in module.state_dict().items()}
     message = (

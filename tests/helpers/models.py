@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
@@ -99,3 +100,18 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2 * SEQ,
                          initializer_range=0.3)
     return LlamaForCausalLM(config).train()
+
+
+class PlainModule(pl.LightningModule):
+    """A tiny BERT fine-tuned plainly: a LightningModule of its own, without the mixin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = tiny_bert(dropout=0.1, seed=3)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits, batch["labels"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2)
