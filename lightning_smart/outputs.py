@@ -106,7 +106,7 @@ def token_labels(labels: Tensor, mask: Tensor | None, kind: OutputKind, outputs:
     return labels[:, 1:] if kind == "causal" else labels
 
 
-def counted(labels: Tensor | None, mask: Tensor | None, kind: OutputKind, outputs: Tensor) -> Tensor:
+def position_weights(labels: Tensor | None, mask: Tensor | None, kind: OutputKind, outputs: Tensor) -> Tensor:
     """``[B, T']`` float32 weights of the positions that count (T' = T − 1 for a causal LM)."""
     if labels is None:
         labels = torch.zeros(outputs.shape[:2], dtype=torch.long, device=outputs.device)
@@ -132,7 +132,7 @@ def task_loss(outputs: Tensor, labels: Tensor, kind: OutputKind, mask: Tensor | 
 def divergence(p: Tensor, q: Tensor, kind: OutputKind, weights: Tensor | None = None) -> Tensor:
     """ℓs(p, q): the symmetric KL of the softmax distributions, the Bernoulli symmetric KL per label, or the
     squared error, by ``kind``; the batch mean, or per token the mean over the positions ``weights`` counts
-    (:func:`counted`; every aligned position where ``None``)."""
+    (:func:`position_weights`; every aligned position where ``None``)."""
     if kind in TOKEN_KINDS:
         per_position = symmetric_kl_per_row(p, q, drop_last=kind == "causal")  # the aligned positions
         if weights is None:
@@ -145,4 +145,7 @@ def divergence(p: Tensor, q: Tensor, kind: OutputKind, weights: Tensor | None = 
     return symmetric_kl(p, q)
 
 
-__all__ = ["IGNORE_INDEX", "OutputKind", "aligned", "counted", "divergence", "output_kind", "task_loss", "token_labels"]
+__all__ = [
+    "IGNORE_INDEX", "OutputKind", "aligned", "divergence", "output_kind", "position_weights", "task_loss",
+    "token_labels",
+]

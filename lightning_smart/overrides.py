@@ -58,7 +58,7 @@ class SmartOverrides:
         weights = None
         if kind in outputs_module.TOKEN_KINDS:
             labels = batch.get("labels") if isinstance(batch, Mapping) else None
-            weights = outputs_module.counted(labels, self.smart_padding_mask(batch), kind, p)
+            weights = outputs_module.position_weights(labels, self.smart_padding_mask(batch), kind, p)
         return outputs_module.divergence(p, q, kind, weights)
 
     def _smart_output_kind(self, outputs: Tensor) -> outputs_module.OutputKind:

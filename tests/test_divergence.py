@@ -16,7 +16,7 @@ from lightning_smart import (
     symmetric_kl,
 )
 from lightning_smart.divergence import SymmetricKL
-from lightning_smart.outputs import IGNORE_INDEX, counted
+from lightning_smart.outputs import IGNORE_INDEX, position_weights
 
 
 def reference_symmetric_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,7 @@ def test_the_vocabulary_sized_divergence_saves_no_softmax_for_backward() -> None
     q = torch.randn(batch, tokens, vocab, generator=g).requires_grad_()
     labels = torch.randint(vocab, (batch, tokens), generator=g)
     labels[0, :3] = IGNORE_INDEX
-    weights = counted(labels, None, "causal", p)
+    weights = position_weights(labels, None, "causal", p)
 
     def vocabulary_sized(saved: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t for t in saved if t.shape[-1:] == (vocab,) and t.numel() >= batch * (tokens - 1) * vocab]

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertConfig, BertForTokenClassification, BertModel
 
 from lightning_smart import ConfigError, EMATeacherCallback, SmartConfig
-from lightning_smart.outputs import counted, divergence
+from lightning_smart.outputs import divergence, position_weights
 from lightning_smart.tasks import SequenceTask
 from tests.helpers.models import SEQ, VOCAB, tiny_llama, token_batch
 
@@ -58,7 +58,7 @@ def test_masked_token_level_divergence_matches_a_float64_reference(kind: str) ->
     p, q = torch.randn(6, SEQ, 7, generator=g) * 3, torch.randn(6, SEQ, 7, generator=g) * 3
     labels = padded_labels(batch, 7, mark_padding=False)
     assert (labels[batch["attention_mask"] == 0] != -100).any()  # padding has labels: the mask must drop them
-    weights = counted(labels, batch["attention_mask"], kind, p)
+    weights = position_weights(labels, batch["attention_mask"], kind, p)
     got = divergence(p, q, kind, weights)
     expected = ref_counted_mean(ref_position_kl(p, q), batch["attention_mask"], labels, kind == "causal")
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=0)
@@ -70,13 +70,13 @@ def test_the_causal_shift_compares_the_predictions_of_the_next_token() -> None:
     p = torch.randn(4, SEQ, 7, generator=torch.Generator().manual_seed(1))
     last = p.clone()
     last[:, -1, 0] += 5.0  # the last output predicts no token: a causal LM compares nothing there
-    assert divergence(p, last, "causal", counted(labels, batch["attention_mask"], "causal", p)) == 0
+    assert divergence(p, last, "causal", position_weights(labels, batch["attention_mask"], "causal", p)) == 0
     assert divergence(p, last, "token", None) > 0
     first = p.clone()
     first[:, 1, 0] += 5.0  # predicts token 2, which counts; position 1's own label is −100
-    token_weights = counted(labels, batch["attention_mask"], "token", p)
+    token_weights = position_weights(labels, batch["attention_mask"], "token", p)
     assert divergence(p, first, "token", token_weights) == 0
-    assert divergence(p, first, "causal", counted(labels, batch["attention_mask"], "causal", p)) > 0
+    assert divergence(p, first, "causal", position_weights(labels, batch["attention_mask"], "causal", p)) > 0
 
 
 def tiny_tagger(seed: int = 0, classes: int = 5) -> BertForTokenClassification:

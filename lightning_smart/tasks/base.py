@@ -10,7 +10,7 @@ are logged as ``val/<metric>``, the teacher's (with ``EMATeacherCallback(validat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -70,6 +70,16 @@ def _is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+
+class Evaluation(NamedTuple):
+    """One batch evaluated: what the metrics compare, the task loss, and how many predictions the loss averages."""
+
+    preds: Tensor
+    target: Tensor
+    loss: Tensor
+    count: int
+
+
 class FineTuneTask(SmartLightningModule, pl.LightningModule):
     """Base of the app's tasks: a transformers model in ``self.model`` trained with SMART and AdamW.
 
@@ -116,26 +126,26 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
         self.test_metrics = nn.ModuleList(metrics.clone(prefix=f"test/{name}/") for name in self.test_names)
 
     def metrics(self) -> MetricCollection:
-        """The task's metrics (updated with :meth:`evaluated`'s predictions and targets)."""
+        """The task's metrics (updated with :meth:`evaluate`'s predictions and targets)."""
         raise NotImplementedError
 
-    def evaluated(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor, int]:
+    def evaluate(self, batch: Mapping[str, Any]) -> Evaluation:
         """Predictions and targets for the metrics, the task loss, and how many predictions the loss averages."""
         raise NotImplementedError
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        preds, target, loss, count = self.evaluated(batch)
+        preds, target, loss, count = self.evaluate(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=count)
         self.val_metrics.update(preds, target)
         self.log_dict(self.val_metrics, prog_bar=True)
 
     def teacher_validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        preds, target, _, _ = self.evaluated(batch)
+        preds, target, _, _ = self.evaluate(batch)
         self.val_metrics_teacher.update(preds, target)
         self.log_dict(self.val_metrics_teacher)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        preds, target, _, _ = self.evaluated(batch)
+        preds, target, _, _ = self.evaluate(batch)
         metrics: MetricCollection = self.test_metrics[dataloader_idx]  # type: ignore[assignment]
         metrics.update(preds, target)
         self.log_dict(metrics, add_dataloader_idx=False)

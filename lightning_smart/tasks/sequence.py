@@ -10,14 +10,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassMatthewsCorrCoef
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import AutoModelForSequenceClassification
 
 from lightning_smart.config import SmartConfig
-from lightning_smart.tasks.base import FineTuneTask
+from lightning_smart.tasks.base import Evaluation, FineTuneTask
 
 
 def _metrics(num_labels: int) -> MetricCollection:
@@ -79,7 +79,7 @@ class SequenceTask(FineTuneTask):
     def metrics(self) -> MetricCollection:
         return _metrics(self.num_labels)
 
-    def evaluated(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor, int]:
+    def evaluate(self, batch: Mapping[str, Any]) -> Evaluation:
         outputs = self.smart_forward(batch).float()
         preds = outputs.reshape(-1) if self.num_labels == 1 else outputs
-        return preds, batch["labels"], self.smart_task_loss(preds, batch), len(batch["labels"])
+        return Evaluation(preds, batch["labels"], self.smart_task_loss(preds, batch), len(batch["labels"]))

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from lightning_smart.config import SmartConfig
 from lightning_smart.outputs import IGNORE_INDEX, aligned, token_labels
-from lightning_smart.tasks.base import FineTuneTask
+from lightning_smart.tasks.base import Evaluation, FineTuneTask
 
 
 class TokenAccuracy(MulticlassAccuracy):
@@ -75,13 +75,13 @@ class EntityScore(Metric):
 class _TokenTask(FineTuneTask):
     """Predictions at the positions that count, aligned with their labels (shifted for a causal LM)."""
 
-    def evaluated(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor, int]:
+    def evaluate(self, batch: Mapping[str, Any]) -> Evaluation:
         outputs = self.smart_forward(batch)
         kind = self._smart_output_kind(outputs)
         labels = batch["labels"] if "labels" in batch else batch["input_ids"]
         target = token_labels(labels, self.smart_padding_mask(batch), kind, outputs)
         loss = self.smart_task_loss(outputs, batch)
-        return aligned(outputs, kind).float(), target, loss, int((target != IGNORE_INDEX).sum())
+        return Evaluation(aligned(outputs, kind).float(), target, loss, int((target != IGNORE_INDEX).sum()))
 
 
 class CausalLMTask(_TokenTask):
