@@ -40,7 +40,7 @@ def _fraction(group: str, key: str, value: Any) -> None:
 
 @dataclass
 class SmartConfig:
-    """The smoothness-inducing adversarial regularizer (SPEC §2, steps 2–4).
+    """The smoothness-inducing adversarial regularizer (steps 2–4 of ``docs/algorithm.md``).
 
     Args:
         lambda_s: λs, weight of the adversarial term R_s; 0 turns it off (≥ 0).
@@ -173,7 +173,7 @@ class SmartConfig:
 
 @dataclass
 class TeacherConfig:
-    """The momentum Bregman proximal point teacher (SPEC §2 steps 5 and 7, §4).
+    """The momentum Bregman proximal point teacher (steps 5 and 7 of ``docs/algorithm.md``).
 
     Args:
         mu: μ, weight of the Bregman term D (≥ 0).

@@ -1,4 +1,4 @@
-r"""ℓs, the symmetric divergence between two model outputs (SPEC §2).
+r"""ℓs, the symmetric divergence between two model outputs.
 
 Pure functions of two output tensors; no Lightning, no model. Both arguments keep their graphs:
 R_s needs gradients through the perturbed and the clean output alike.

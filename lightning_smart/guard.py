@@ -1,4 +1,4 @@
-"""The drop-in checks: SMART cannot silently do nothing (SPEC §3).
+"""The drop-in checks: SMART cannot silently do nothing.
 
 Two ways a subclass of the mixin would train without SMART and say nothing: listing the mixin after
 ``LightningModule`` (whose ``training_step`` and ``__init__`` then hide the mixin's), refused when the class is

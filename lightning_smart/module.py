@@ -1,4 +1,4 @@
-"""``SmartLightningModule``: the SMART step of SPEC §2, in order, as a Lightning ``training_step``.
+"""``SmartLightningModule``: the SMART step, in the order of ``docs/algorithm.md``, as a Lightning ``training_step``.
 
 List the mixin before ``L.LightningModule``. The step returns F = L + λs·R_s + μ·D; Lightning's
 automatic optimization then does backward, accumulation, clipping, AMP scaling and the optimizer
@@ -118,7 +118,7 @@ class SmartLightningModule(SmartOverrides):
         return self.smart_loss(batch, batch_idx)
 
     def smart_loss(self, batch: Any, batch_idx: int) -> Tensor:
-        """F = L + λs·R_s + μ·D on ``batch`` (SPEC §2 steps 1–6), with ``train/*`` and ``smart/*`` logged.
+        """F = L + λs·R_s + μ·D on ``batch`` (steps 1–6 of ``docs/algorithm.md``), with ``train/*`` and ``smart/*`` logged.
 
         The mixin's ``training_step`` returns it; a ``training_step`` of your own calls it instead::
 

@@ -1,4 +1,4 @@
-"""The kinds of output the mixin interprets, and the task loss and ℓs of each (SPEC §2, §3).
+"""The kinds of output the mixin interprets, and the task loss and ℓs of each.
 
 One output per example: ``single_label`` logits ``[B, C]`` (softmax classes), ``multi_label`` logits ``[B, C]``
 (independent Bernoulli labels; also a one-logit binary classifier), or ``regression`` outputs ``[B]``/``[B, 1]``.

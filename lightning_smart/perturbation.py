@@ -1,4 +1,4 @@
-r"""The perturbation δ of SPEC §2 steps 2–3: noise, the ascent step, the projection, the forward hook.
+r"""The perturbation δ (steps 2–3 of ``docs/algorithm.md``): noise, the ascent step, the projection, the forward hook.
 
 Pure tensor code; no Lightning. δ lives in float32 and has the shape of the perturbed tensor x
 (``[B, T, D]`` for embeddings); ``mask`` (``[B, T]``, 1 for real tokens) keeps it zero at padding and
@@ -86,7 +86,7 @@ def project(delta: Tensor, epsilon: float, norm: str) -> Tensor:
 def ascent_step(
     delta: Tensor, grad: Tensor, mask: Tensor | None, *, eta: float, epsilon: float, rule: str, norm: str
 ) -> Tensor:
-    r"""One step of the inner maximization (SPEC §2 step 3).
+    r"""One step of the inner maximization (step 3 of ``docs/algorithm.md``).
 
     ``rule="paper"``: a normalized step then the projection, per example over its real tokens,
 

@@ -1,4 +1,4 @@
-"""``smart.perturbed_precision``: where the regularized step's passes run under a training autocast (SPEC §5).
+"""``smart.perturbed_precision``: where the regularized step's passes run under a training autocast.
 
 Under ``bf16-mixed``/``16-mixed`` a small δ can lie below what the compute dtype resolves at the perturbed point:
 x + δ then rounds back to x and R_s measures rounding, not δ. :func:`resolution` compares the radius with the

@@ -6,9 +6,7 @@ two clean forwards. Their ratio says what R_s regularizes: below about 1%, R_s i
 around 1 and above, the perturbation acts.
 
 At the first step the ratio says little: a freshly initialised head gives every output change a tiny ℓs, and the
-ratio moves by orders of magnitude as the head trains (on the 6-layer MiniLM, ε = 0.3 of the token RMS moved the
-output by a quarter of what dropout does at the first step of the default run, and ε = 0.1 by 17× (TREC-6) to 173×
-(movie sentiment) at plain fine-tuning's final weights: benchmarks/RESULTS.md §1.3).
+ratio moves by orders of magnitude as the head trains (the guide to choosing ε in the docs has the figures).
 So the mixin probes at the first regularized step and again at the first regularized step after each validation,
 logs every ratio, and warns on a ratio measured after the first step only.
 

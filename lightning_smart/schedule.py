@@ -1,4 +1,4 @@
-r"""The weights' schedules over a run: Mean Teacher's sigmoid ramp-up and the EMA warm-up (SPEC §2, stabilizers).
+r"""The weights' schedules over a run: Mean Teacher's sigmoid ramp-up and the EMA warm-up.
 
 Pure functions of the optimizer step; no Lightning. T is the run's number of optimizer steps.
 

@@ -1,4 +1,4 @@
-"""Two processes on CPU (gloo): identical teachers, and the single-process loss trajectory (SPEC §4)."""
+"""Two processes on CPU (gloo): identical teachers, and the single-process loss trajectory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Drop-in use (SPEC §3): a training_step of your own calls smart_loss; one that does not is refused."""
+"""Drop-in use: a training_step of your own calls smart_loss; one that does not is refused."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The SMART step of SPEC §2 on real modules: float64 reference, plain equivalence, other models, guards."""
+"""The SMART step on real modules: float64 reference, plain equivalence, other models, guards."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_full_loss_matches_float64_recomputation(norm: str, steps: int) -> None:
     batch = token_batch()
     loss = task.training_step(batch, 0)
 
-    # Independent float64 recomputation of SPEC §2 steps 1–6.
+    # Independent float64 recomputation of steps 1–6 (docs/algorithm.md).
     student = copy.deepcopy(task.model).double()
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
 

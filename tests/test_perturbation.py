@@ -1,4 +1,4 @@
-"""The ascent step, the projection and the noise against float64 re-derivations (SPEC §2 step 3)."""
+"""The ascent step, the projection and the noise against float64 re-derivations (step 3 of ``docs/algorithm.md``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def reference_paper_step(delta, grad, mask, eta, eps, norm):
-    """SPEC §2 step 3, rule 'paper', in float64, one example at a time."""
+    """Step 3, rule 'paper', in float64, one example at a time."""
     out = torch.zeros_like(delta, dtype=torch.float64)
     for i in range(delta.shape[0]):
         real = mask[i].bool()

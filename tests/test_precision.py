@@ -1,4 +1,4 @@
-"""Mixed precision on the shipped all-MiniLM-L6-v2 and real movie snippets (SPEC §5)."""
+"""Mixed precision on the shipped all-MiniLM-L6-v2 and real movie snippets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The stabilizers and the cost knob of SPEC §2: ramp-ups, the EMA warm-up and lazy regularization."""
+"""The stabilizers and the cost knob: ramp-ups, the EMA warm-up and lazy regularization."""
 
 from __future__ import annotations
 

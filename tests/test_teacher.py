@@ -1,4 +1,4 @@
-"""The EMA teacher: the β schedule in closed form, checkpoints, adapters, strategies (SPEC §4)."""
+"""The EMA teacher: the β schedule in closed form, checkpoints, adapters, strategies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Token-level SMART (SPEC §2, token-level outputs): token classification and causal LMs through the mixin.
+"""Token-level SMART: token classification and causal LMs through the mixin.
 
 Float64 references written here, independent of the library's code: which positions count (padding, −100), the
 causal shift, and one whole SMART step with its teacher.
@@ -89,7 +89,7 @@ def tiny_tagger(seed: int = 0, classes: int = 5) -> BertForTokenClassification:
 
 @pytest.mark.parametrize("kind", ["token", "causal"])
 def test_one_token_level_smart_step_matches_a_hand_written_float64_step(kind: str) -> None:
-    """F = L + λs·R_s + μ·D and its gradient, per token, against SPEC §2 written out in float64."""
+    """F = L + λs·R_s + μ·D and its gradient, per token, against the step written out in float64."""
     model = tiny_llama() if kind == "causal" else tiny_tagger()
     classes = VOCAB if kind == "causal" else 5
     smart = SmartConfig(lambda_s=2.0, epsilon=0.2, sigma=0.05, eta=0.2, ascent_steps=1, probe=False)

@@ -1,4 +1,4 @@
-"""Robust accuracy at the end of a run: :mod:`lightning_smart.attack`'s PGD on the run's own splits (SPEC §7).
+"""Robust accuracy at the end of a run: :mod:`lightning_smart.attack`'s PGD on the run's own splits.
 
 At each radius of ``eval.robust_radii`` (ℓ∞, in units of each token's RMS, at the site SMART perturbs), the attack
 runs on a few batches of each split: every k-th batch of the length-sorted evaluation loader, so that they span the

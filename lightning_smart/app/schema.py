@@ -1,4 +1,4 @@
-"""The app's config tree: one dataclass per group, registered with Hydra's ConfigStore (SPEC §6).
+"""The app's config tree: one dataclass per group, registered with Hydra's ConfigStore.
 
 Every key's type and default lives here, or in :class:`~lightning_smart.config.SmartConfig` and
 :class:`~lightning_smart.config.TeacherConfig`; the YAML presets under ``conf/`` set values only. A key
