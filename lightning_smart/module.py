@@ -118,7 +118,7 @@ class SmartLightningModule(SmartOverrides):
         return self.smart_loss(batch, batch_idx)
 
     def smart_loss(self, batch: Any, batch_idx: int) -> Tensor:
-        """F = L + λs·R_s + μ·D on ``batch`` (steps 1–6 of ``docs/algorithm.md``), with ``train/*`` and ``smart/*`` logged.
+        """F = L + λs·R_s + μ·D on ``batch`` (steps 1–6 of ``docs/algorithm.md``), ``train/*`` and ``smart/*`` logged.
 
         The mixin's ``training_step`` returns it; a ``training_step`` of your own calls it instead::
 
