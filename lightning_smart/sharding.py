@@ -18,6 +18,18 @@ from typing import Any
 from torch import nn
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``module`` holds FSDP2 units (its parameters are shards).
+
+    Example:
+        >>> is_sharded(nn.Linear(2, 2))
+        False
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
 def block_classes(model: nn.Module) -> set[str]:
     """The class names of ``model``'s transformer blocks: its own ``_no_split_modules`` (a PEFT model's, through the
     model it wraps).

@@ -52,7 +52,7 @@ METRICS = {"sft": ("loss", "perplexity", "token_acc"), "tokens": ("f1", "precisi
 """What each kind of token-level data's task logs under ``val/`` (the first is the default ``metric``)."""
 
 
-def _metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
+def _monitored_metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
     try:
         kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
     except Exception:  # an unimportable data._target_: instantiating it names the error
@@ -206,7 +206,7 @@ def check(cfg: DictConfig) -> Checked:
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name_or_path={cfg.model.name_or_path!r} could not be loaded: {err}") from None
     _check_targets(cfg)
-    metric = _metric(cfg, teacher)
+    metric = _monitored_metric(cfg, teacher)
     _check_sweeper(cfg, metric)
     _check_eval(cfg)
     try:
@@ -242,7 +242,7 @@ def _check_processes(cfg: DictConfig, train_examples: int) -> None:
                            f" the sampler would repeat {world - train_examples % world} to even them out")
 
 
-def _key(cfg: DictConfig) -> str:
+def _task_config_key(cfg: DictConfig) -> str:
     """The config less Hydra's own node: what the task function receives of what the callback checked."""
     return OmegaConf.to_yaml({k: v for k, v in cfg.items_ex(resolve=False) if k != "hydra"})
 
@@ -252,7 +252,7 @@ _checked: dict[str, Checked] = {}
 
 def check_once(cfg: DictConfig) -> Checked:
     """:func:`check`'s result for ``cfg``: the one :class:`CheckBeforeRun` made of this very config, else a new one."""
-    return _checked.pop(_key(cfg), None) or check(cfg)
+    return _checked.pop(_task_config_key(cfg), None) or check(cfg)
 
 
 class CheckBeforeRun(HydraCallback):
@@ -264,7 +264,7 @@ class CheckBeforeRun(HydraCallback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _checked[_key(config)] = self._check(config)
+        _checked[_task_config_key(config)] = self._check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)  # the base config: each job checks its swept values again
@@ -277,7 +277,7 @@ class CheckBeforeRun(HydraCallback):
             raise SystemExit(f"Error in the config (nothing was written): {err}") from err
 
 
-def _refused(err: pickle.UnpicklingError) -> tuple[str | None, str]:
+def _refused_global(err: pickle.UnpicklingError) -> tuple[str | None, str]:
     """From torch's ``weights_only`` error: the global (class or function) it refused to load, if that was the
     cause, and the line that says what it refused (the rest is torch's general advice)."""
     text = str(err).split("Check the documentation")[0]
@@ -292,7 +292,7 @@ def _load_safely(path: Path, key: str) -> Any:
         # anything else (a class, a function to call) is refused here, before that code can run.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        call, refused = _refused(err)
+        call, refused = _refused_global(err)
         if call is not None:  # a class or function to call: the way a crafted pickle runs code
             raise ConfigError(f"{key} is refused: it holds a pickled call to {call}, which loading would run as"
                               " code; only tensors and plain values are read from a checkpoint (smart-train's own"

@@ -42,13 +42,14 @@ from lightning_smart.app.checks import (
     check_once,
     refuse_relaunch_under_multirun,
 )
-from lightning_smart.app.export import export_pretrained, is_sharded
+from lightning_smart.app.export import export_pretrained
 from lightning_smart.app.files import write_json
 from lightning_smart.app.robustness import RobustEvaluation, refuse_sharded
 from lightning_smart.app.schema import register_configs
 from lightning_smart.app.summary import PeakMemory, print_summary, summarize
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.data import SFTDataModule, TaggingDataModule
+from lightning_smart.sharding import is_sharded
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 

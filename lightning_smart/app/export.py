@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_smart.app.files import replacing
+from lightning_smart.sharding import is_sharded
 
 
 def teacher_state_dict(model: nn.Module, ema: dict[str, Tensor], prefix: str = "model.") -> dict[str, Tensor]:
@@ -51,13 +52,6 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 def _merged(model: nn.Module) -> PreTrainedModel:
     """A PEFT model's base model with its adapter merged in, on a copy (training goes on with the adapter)."""
     return copy.deepcopy(model).merge_and_unload()  # type: ignore[operator]
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether ``module`` holds FSDP2 units (its parameters are shards)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
 def _unwrapped_class(module: nn.Module) -> type[nn.Module]:

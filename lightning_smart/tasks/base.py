@@ -20,7 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from lightning_smart.config import ConfigError
 from lightning_smart.module import SmartLightningModule
-from lightning_smart.sharding import shard_transformer
+from lightning_smart.sharding import is_sharded, shard_transformer
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -62,12 +62,6 @@ def with_lora(model: nn.Module, lora: Mapping[str, Any], auto_class: str) -> nn.
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model.lora={dict(lora)!r} is not allowed: peft's LoraConfig refuses it: {err}") from None
     return get_peft_model(model, config)
-
-
-def _is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 
@@ -114,7 +108,7 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
         """Under ``ModelParallelStrategy`` (FSDP2), shard the model over the data-parallel mesh: each transformer
         block, then the root (:func:`~lightning_smart.sharding.shard_transformer`). Other strategies: nothing."""
         mesh, model = self.device_mesh, self.model
-        if mesh is not None and isinstance(model, nn.Module) and not _is_sharded(model):
+        if mesh is not None and isinstance(model, nn.Module) and not is_sharded(model):
             shard_transformer(model, mesh["data_parallel"])
 
     def setup_metrics(self, test_names: Sequence[str]) -> None:
