@@ -42,8 +42,10 @@ def app_config(overrides: Sequence[str] = ()) -> Iterator[DictConfig]:
 
 
 def smart_train(args: Sequence[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``smart-train`` console script in ``cwd``, offline."""
-    command = shutil.which("smart-train")
+    """Run the installed ``smart-train`` console script in ``cwd``, offline: the one of the environment the tests run
+    in (beside its interpreter), else the first on ``PATH``."""
+    beside = Path(sys.executable).with_name("smart-train")
+    command = str(beside) if beside.is_file() else shutil.which("smart-train")
     argv = [command] if command else [sys.executable, "-c", "from lightning_smart.app.cli import main; main()"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([*argv, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
