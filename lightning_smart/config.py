@@ -2,7 +2,7 @@
 
 The dataclasses are validated at construction, so a bad value fails before any training with an
 error that names the key and the allowed range. Hydra registers the same classes in its
-ConfigStore (see :mod:`lightning_smart.app.cli`), so the YAML presets under ``conf/`` set values only.
+ConfigStore (``lightning_smart.app.schema``), so the YAML presets under ``conf/`` set values only.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class SmartConfig:
         perturbed_precision: under mixed precision, where the regularized step's passes run (the clean output
             R_s compares against, the ascent, the perturbed forward, the teacher's): ``auto`` under the training
             autocast when the compute dtype resolves the radius (ε, times the token scale if relative) at the
-            perturbed point (at least twice its spacing at the median |x|), else in fp32; ``fp32`` and
+            perturbed point (at least twice its spacing at the median ``|x|``), else in fp32; ``fp32`` and
             ``autocast`` force one way. Plain steps always run as training runs them.
         perturb_at: dotted path of the submodule whose output is perturbed; ``auto`` picks a
             transformers model's embeddings block in ``self.model``.
@@ -162,12 +162,12 @@ class SmartConfig:
 
     @property
     def radii(self) -> tuple[float, ...]:
-        """The radii the step may perturb with: ``epsilon`` itself, or the grid ``auto`` chooses from."""
+        """The radii the step may perturb with, ``epsilon`` itself or the grid ``auto`` chooses from."""
         return RADIUS_GRID if self.auto else (float(self.epsilon),)
 
     @property
     def acts(self) -> bool:
-        """Whether the step differs from plain fine-tuning without a teacher: R_s or NEFTune's noise is on."""
+        """Whether the step differs from plain fine-tuning without a teacher (R_s or NEFTune's noise is on)."""
         return self.lambda_s > 0 or self.neftune_alpha > 0
 
 

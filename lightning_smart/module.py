@@ -102,8 +102,8 @@ class SmartLightningModule(SmartOverrides):
 
     @property
     def smart_epsilon(self) -> float | None:
-        """The radius in force: ``smart.epsilon``, or with ``auto`` the last calibration's (``None`` before the
-        first: R_s is off until then)."""
+        """The radius in force, ``smart.epsilon`` or with ``auto`` the last calibration's (``None`` before the
+        first, and R_s is off until then)."""
         return self._smart_radius if self.smart.auto else float(self.smart.epsilon)
 
     @property

@@ -2,7 +2,7 @@
 
 Under ``bf16-mixed``/``16-mixed`` a small δ can lie below what the compute dtype resolves at the perturbed point:
 x + δ then rounds back to x and R_s measures rounding, not δ. :func:`resolution` compares the radius with the
-dtype's spacing at the median |x| of the perturbed tensor; ``auto`` runs the regularized passes in fp32 unless the
+dtype's spacing at the median ``|x|`` of the perturbed tensor; ``auto`` runs the regularized passes in fp32 unless the
 radius is at least twice that spacing, ``fp32`` and ``autocast`` force one way. :class:`PrecisionPolicy` applies
 the choice for the mixin (decided once per compute dtype); the rest are pure functions. No Lightning.
 
@@ -25,14 +25,14 @@ from lightning_smart.perturbation import captured, expand_mask, replayed, rng_sn
 
 
 class Resolution(NamedTuple):
-    """The radius ε (× the median token RMS if relative) and the compute dtype's spacing at the median |x|."""
+    """The radius ε (× the median token RMS if relative) and the compute dtype's spacing at the median ``|x|``."""
 
     radius: float
     spacing: float
     magnitude: float
     dtype: torch.dtype
     autocast: bool = True
-    """Whether ``dtype`` is a training autocast's (else the tensor's own: half-precision weights, or FSDP2's
+    """Whether ``dtype`` is a training autocast's, else the tensor's own (half-precision weights, or FSDP2's
     ``MixedPrecisionPolicy`` casting them)."""
 
 

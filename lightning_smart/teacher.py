@@ -84,7 +84,7 @@ class EMATeacherCallback(Callback):
 
     @property
     def ema(self) -> dict[str, Tensor]:
-        """θ̃: name (as the module's ``named_parameters``) → float32 tensor (a DTensor shard when sharded)."""
+        """θ̃ by name (as the module's ``named_parameters``) → float32 tensor (a DTensor shard when sharded)."""
         return self._ema.tensors if self._ema is not None else {}
 
     @property
