@@ -34,7 +34,14 @@ from transformers import AutoConfig
 from lightning_smart.app.robustness import check_eval
 from lightning_smart.app.schema import TrainerConf
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
-from lightning_smart.data import TextDataModule
+from lightning_smart.data import (
+    SFTDataConfig,
+    SFTDataModule,
+    TaggingDataConfig,
+    TaggingDataModule,
+    TextDataConfig,
+    TextDataModule,
+)
 from lightning_smart.teacher import SHARDED_KEY
 
 
@@ -52,11 +59,25 @@ METRICS = {"sft": ("loss", "perplexity", "token_acc"), "tokens": ("f1", "precisi
 """What each kind of token-level data's task logs under ``val/`` (the first is the default ``metric``)."""
 
 
+DATA_MODULES: dict[type[TextDataConfig], type[TextDataModule]] = {
+    TextDataConfig: TextDataModule, SFTDataConfig: SFTDataModule, TaggingDataConfig: TaggingDataModule}
+"""The data module of each kind of data config."""
+
+
+def data_module(data: DictConfig) -> TextDataModule:
+    """The data module of the composed ``data`` node: its config, checked, in the module its type calls for."""
+    config = OmegaConf.to_object(data)
+    assert isinstance(config, TextDataConfig), config  # the schema types the node: AppConfig.data
+    return DATA_MODULES[type(config)](config)
+
+
+def _data_kind(cfg: DictConfig) -> str:
+    """What the data are (``sequence``, ``sft``, ``tokens``), from the type of the ``data`` node."""
+    return OmegaConf.get_type(cfg.data).kind  # type: ignore[union-attr]
+
+
 def _monitored_metric(cfg: DictConfig, teacher: TeacherConfig | None) -> str:
-    try:
-        kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
-    except Exception:  # an unimportable data._target_: instantiating it names the error
-        kind = "sequence"
+    kind = _data_kind(cfg)
     if kind in METRICS:
         names: tuple[str, ...] = METRICS[kind]
     else:
@@ -180,12 +201,8 @@ def _check_targets(cfg: DictConfig) -> None:
 
 def _check_eval(cfg: DictConfig) -> None:
     """``eval.*``: the attack's values, and a task it can score (:func:`lightning_smart.app.robustness.check_eval`)."""
-    try:
-        kind = getattr(get_class(cfg.data._target_), "kind", "sequence")
-    except Exception:  # an unimportable data._target_: instantiating it names the error
-        kind = "sequence"
     check_eval(OmegaConf.to_container(cfg.eval.robust_radii), cfg.eval.robust_steps,  # type: ignore[arg-type]
-               cfg.eval.robust_batches, kind=kind, num_labels=cfg.data.num_labels)
+               cfg.eval.robust_batches, kind=_data_kind(cfg), num_labels=cfg.data.num_labels)
 
 
 def check(cfg: DictConfig) -> Checked:
@@ -209,12 +226,7 @@ def check(cfg: DictConfig) -> Checked:
     metric = _monitored_metric(cfg, teacher)
     _check_sweeper(cfg, metric)
     _check_eval(cfg)
-    try:
-        data: TextDataModule = instantiate(cfg.data, _convert_="all")
-    except InstantiationException as err:  # Hydra wraps the data module's own error, which names the key
-        if isinstance(err.__cause__, ConfigError):
-            raise err.__cause__ from None
-        raise
+    data = data_module(cfg.data)
     splits = data.load()
     _check_processes(cfg, len(splits.train))
     _ = data.tokenizer

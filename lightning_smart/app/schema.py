@@ -1,7 +1,8 @@
 """The app's config tree: one dataclass per group, registered with Hydra's ConfigStore.
 
-Every key's type and default lives here, or in :class:`~lightning_smart.config.SmartConfig` and
-:class:`~lightning_smart.config.TeacherConfig`; the YAML presets under ``conf/`` set values only. A key
+Every key's type and default lives here, or in :class:`~lightning_smart.config.SmartConfig`,
+:class:`~lightning_smart.config.TeacherConfig` and the data configs (:class:`~lightning_smart.data.TextDataConfig`,
+and ``data=sft``'s and ``data=tokens``' subclasses of it); the YAML presets under ``conf/`` set values only. A key
 that is not in a dataclass, or a value of the wrong type, fails at composition with Hydra's error naming it.
 """
 
@@ -14,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from lightning_smart.config import SmartConfig, TeacherConfig
+from lightning_smart.data import SFTDataConfig, TaggingDataConfig, TextDataConfig
 from lightning_smart.data.assets import package_dir
 
 
@@ -39,57 +41,8 @@ class ModelConf:
     lora: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class DataConf:
-    """:class:`~lightning_smart.data.TextDataModule`'s arguments (see there for each key)."""
-
-    _target_: str = "lightning_smart.data.TextDataModule"
-    source: str = "movies"
-    tokenizer: str | None = "${model.name_or_path}"
-    num_labels: int | None = 2
-    path: str | None = None
-    val_path: str | None = None
-    test_path: str | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    label_names: list[str] | None = None
-    hub_subset: str | None = None
-    hub_val_split: str | None = "validation"
-    hub_test_split: str | None = None
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    val_size: float = 0.1
-    test_size: float = 0.1
-    split_seed: int = 0
-    train_size: int | None = None
-    ood: list[str] = field(default_factory=list)
-    ood_size: int | None = None
-    num_workers: int = 0
-
-
-@dataclass
-class SFTDataConf(DataConf):
-    """``data=sft``: :class:`~lightning_smart.data.SFTDataModule`'s arguments, prompt/response pairs."""
-
-    _target_: str = "lightning_smart.data.SFTDataModule"
-    source: str = "moviedialog"
-    num_labels: int | None = None
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    prompt_template: str = "{prompt}\n"
-
-
-@dataclass
-class TaggingDataConf(DataConf):
-    """``data=tokens``: :class:`~lightning_smart.data.TaggingDataModule`'s arguments, words and their tags."""
-
-    _target_: str = "lightning_smart.data.TaggingDataModule"
-    source: str = "jsonl"
-    num_labels: int | None = None
-    text_column: str = "words"
-    label_column: str = "tags"
+MODEL_TOKENIZER = "${model.name_or_path}"
+"""``data.tokenizer``'s default in the app: the model's own tokenizer."""
 
 
 @dataclass
@@ -172,12 +125,14 @@ class AppConfig:
         callbacks: Lightning callbacks by name, each a ``_target_`` entry that Hydra instantiates.
         logger: Lightning loggers by name, likewise.
         eval: what the run measures after training beyond its task's metrics: :class:`EvalConf`.
+        data: the data config, whose type picks the data module: :class:`~lightning_smart.data.TextDataConfig`
+            (``data=sft`` and ``data=tokens`` make it their subclass); ``data.tokenizer`` is the model's.
     """
 
     smart: SmartConfig = field(default_factory=SmartConfig)
     teacher: TeacherConfig | None = field(default_factory=TeacherConfig)
     model: ModelConf = field(default_factory=ModelConf)
-    data: DataConf = field(default_factory=DataConf)
+    data: TextDataConfig = field(default_factory=lambda: TextDataConfig(tokenizer=MODEL_TOKENIZER))
     trainer: dict[str, Any] = field(default_factory=lambda: asdict(TrainerConf()))
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
@@ -194,7 +149,9 @@ def register_configs() -> None:
     """Store the schema as ``app_schema`` (``conf/config.yaml`` starts from it) and add ``${package_dir:...}``."""
     store = ConfigStore.instance()
     store.store(name="app_schema", node=AppConfig)
-    store.store(group="data", name="sft_schema", node=SFTDataConf)
-    store.store(group="data", name="tokens_schema", node=TaggingDataConf)
+    for name, config in (("sft_schema", SFTDataConfig), ("tokens_schema", TaggingDataConfig)):
+        node = OmegaConf.structured(config)  # the class: its defaults alone need not be valid (no data.path yet)
+        node.tokenizer = MODEL_TOKENIZER
+        store.store(group="data", name=name, node=node)
     if not OmegaConf.has_resolver("package_dir"):
         OmegaConf.register_new_resolver("package_dir", lambda name: str(package_dir(name)))

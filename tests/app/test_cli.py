@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import sys
@@ -27,10 +26,17 @@ from omegaconf.errors import MissingMandatoryValue
 from lightning_smart.app import checks, sweep
 from lightning_smart.app.checkpoints import LastCheckpoint
 from lightning_smart.app.cli import AtomicCheckpointIO, build, check, train
-from lightning_smart.app.schema import DataConf
 from lightning_smart.app.sweep import Job, aggregate, settings
 from lightning_smart.config import ConfigError
-from lightning_smart.data import TextDataModule, minilm_path
+from lightning_smart.data import (
+    SFTDataConfig,
+    SFTDataModule,
+    TaggingDataConfig,
+    TaggingDataModule,
+    TextDataConfig,
+    TextDataModule,
+    minilm_path,
+)
 from lightning_smart.tasks import CausalLMTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 from tests.helpers.app import TINY, app_config, smart_train, write_csv
@@ -143,15 +149,19 @@ def test_each_setting_is_the_study_setting_it_names(setting: str) -> None:
         assert cfg.smart.epsilon == 0.03
 
 
-def test_schema_defaults_match_the_data_module() -> None:
-    """DataConf mirrors TextDataModule's signature: a default changed in one place only fails here."""
-    schema = OmegaConf.to_container(OmegaConf.structured(DataConf))
-    signature = inspect.signature(TextDataModule).parameters
-    assert set(schema) - {"_target_"} == set(signature)
-    for key, parameter in signature.items():
-        if key != "tokenizer":
-            default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
-            assert schema[key] == default, key
+@pytest.mark.parametrize(("preset", "config", "module"), [
+    ("movies_ood", TextDataConfig, TextDataModule), ("csv", TextDataConfig, TextDataModule),
+    ("sft", SFTDataConfig, SFTDataModule), ("tokens", TaggingDataConfig, TaggingDataModule),
+])
+def test_the_data_node_is_the_data_config_and_its_type_picks_the_module(preset: str, config: type,
+                                                                        module: type) -> None:
+    """Hydra composes the data module's own config (no copy of its fields), with the model's tokenizer."""
+    with app_config(["model=minilm_l2", f"data={preset}", *(["data.path=d.csv"] if preset in ("csv", "tokens")
+                                                            else [])]) as cfg:
+        assert OmegaConf.get_type(cfg.data) is config
+        data = checks.data_module(cfg.data)
+        assert type(data) is module and data.config == OmegaConf.to_object(cfg.data)
+        assert data.config.tokenizer == cfg.model.name_or_path
 
 
 def test_unknown_key_and_wrong_type_fail_at_composition() -> None:
@@ -210,6 +220,53 @@ def test_bad_config_fails_before_training_and_writes_nothing(case: str, tmp_path
         assert part in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "Epoch" not in result.stdout
     assert not (tmp_path / "run").exists()
+
+
+# Each malformed file: its name, its bytes, the data preset, and the one line smart-train prints for it (after
+# "Error in the config (nothing was written): ").
+BAD_FILES = {
+    "latin-1": ("reviews.csv", "text,label\ngood,1\ncafé au lait,0\n".encode("latin-1"), "csv",
+                "reviews.csv line 3: byte 0xe9 at offset 21 is not valid utf-8 (data.encoding=utf-8): save the file as"
+                " UTF-8, or set data.encoding to the encoding it was written in, e.g. data.encoding=latin-1 or cp1252"),
+    "random-bytes": ("reviews.csv", b"text,label\n" + bytes([0x8F, 0x12, 0xFF, 0x41]) * 8, "csv",
+                     "reviews.csv line 2: byte 0x8f at offset 11 is not valid utf-8 (data.encoding=utf-8): save the"
+                     " file as UTF-8, or set data.encoding to the encoding it was written in, e.g."
+                     " data.encoding=latin-1 or cp1252"),
+    "empty-text": ("reviews.csv", b"text,label\ngood,1\n,0\nbad,0\n", "csv",
+                   "reviews.csv line 3: the text in column 'text' (data.text_column) is empty"),
+    "numeric-tag": ("tags.jsonl", b'{"words": ["Paris", "is", "big"], "tags": ["B-LOC", 0, "O"]}\n', "tokens",
+                    "tags.jsonl line 1: tag 0 of word 2 in 'tags' (data.label_column) is not a tag name: tags are"
+                    " strings such as 'B-PER' or 'O'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_file_fails_before_training_in_one_line_and_writes_nothing(case: str, tmp_path: Path) -> None:
+    name, content, preset, message = BAD_FILES[case]
+    (tmp_path / name).write_bytes(content)
+    args = ["model=minilm_l2", f"data={preset}", f"data.path={name}", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = smart_train(args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"Error in the config (nothing was written): {message}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no run folder, no log, nothing else
+
+
+def test_class_names_are_inferred_from_every_split_and_summary_json_says_so(tmp_path: Path) -> None:
+    """Labels that are words, in a Latin-1 file read with data.encoding: numbered in sorted order over the training
+    and the validation file, and named in summary.json's data."""
+    rows = [f"critique {i} {'très bonne' if i % 2 else 'mauvaise'},{'pos' if i % 2 else 'neg'}" for i in range(96)]
+    train_file = tmp_path / "train.csv"
+    train_file.write_bytes("\n".join(["text,label", *rows]).encode("latin-1"))
+    val_file = write_csv(tmp_path / "val.csv", "text,label", [f"avis {i},{('neg', 'pos')[i % 2]}" for i in range(32)])
+    overrides = [*TINY, "data=csv", f"data.path={train_file}", f"data.val_path={val_file}", "data.encoding=latin-1",
+                 "data.test_size=0", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    with app_config(overrides) as cfg:
+        run = build(cfg, tmp_path)
+        train(cfg, tmp_path, run)
+    data = json.loads((tmp_path / "summary.json").read_text())["data"]
+    assert data["label_names"] == ["neg", "pos"] and data["label_names_inferred"] is True
+    splits = run.checked.data.load()
+    assert splits.val.labels == [i % 2 for i in range(32)] and "critique 1 très bonne" in splits.train.texts
 
 
 def test_a_required_value_left_out_is_named() -> None:

@@ -9,11 +9,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import AutoModelForSequenceClassification
 
-from lightning_smart.app.checks import check
+from lightning_smart.app.checks import check, data_module
 from lightning_smart.app.cli import train
 from lightning_smart.app.robustness import refuse_sharded
 from lightning_smart.attack import pgd_attack, robust_accuracy
@@ -60,7 +59,7 @@ def test_the_apps_robust_accuracy_is_the_attack_on_the_exported_models(tmp_path:
     """Student and validated teacher, on validation and test (the final weights here: no best checkpoint is kept)."""
     with app_config(ROBUST) as cfg:
         summary = train(cfg, tmp_path)
-        data = instantiate(cfg.data, _convert_="all")  # a data module of its own: the same splits, from the seed
+        data = data_module(cfg.data)  # a data module of its own: the same splits, from the seed
     data.setup("fit")
     loaders = {"val": data.val_dataloader(), "movies": data.test_dataloader()[0]}
     found = {"val": summary["val"], "movies": summary["test"]["movies"]}

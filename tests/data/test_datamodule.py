@@ -45,7 +45,7 @@ def test_split_is_fixed_by_its_seed_and_disjoint() -> None:
 
 @pytest.fixture(scope="module")
 def movies() -> TextDataModule:
-    data = TextDataModule("movies", max_length=32, val_size=64, test_size=48, train_size=100, batch_size=16,
+    data = TextDataModule(source="movies", max_length=32, val_size=64, test_size=48, train_size=100, batch_size=16,
                           ood=["tweets", "nyt"], ood_size=40)
     data.setup()
     return data
@@ -73,7 +73,7 @@ def test_csv_and_jsonl_with_named_labels_and_given_splits(tmp_path: Path) -> Non
     rows = [f"text {i},{'pos' if i % 2 else 'neg'}" for i in range(20)]
     train = write_csv(tmp_path / "train.csv", "review,sentiment", rows)
     val = write_csv(tmp_path / "dev.csv", "review,sentiment", rows[:4])
-    data = TextDataModule("csv", path=str(train), val_path=str(val), test_size=5, text_column="review",
+    data = TextDataModule(source="csv", path=str(train), val_path=str(val), test_size=5, text_column="review",
                           label_column="sentiment", label_names=["neg", "pos"])
     splits = data.load()
     assert (len(splits.train), len(splits.val), len(splits.test["train"])) == (15, 4, 5)
@@ -83,7 +83,7 @@ def test_csv_and_jsonl_with_named_labels_and_given_splits(tmp_path: Path) -> Non
 
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text("\n".join(json.dumps({"a": f"q{i}", "b": f"r{i}", "y": i * 0.5}) for i in range(10)))
-    data = TextDataModule("jsonl", path=str(jsonl), num_labels=1, text_column="a", text_pair_column="b",
+    data = TextDataModule(source="jsonl", path=str(jsonl), num_labels=1, text_column="a", text_pair_column="b",
                           label_column="y", val_size=2, test_size=0)
     data.setup()
     assert data.test_names == [] and data.stats["val"] == 2 and data.stats["test"] == {}
@@ -110,7 +110,7 @@ def test_data_errors_name_the_file_column_or_key(tmp_path: Path, kwargs: dict, c
         path.write_text(content)
     kwargs = {"path": str(path), **{k: v.format(dir=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}}
     with pytest.raises(DataError) as error:
-        TextDataModule("csv", test_size=0, **kwargs).load()
+        TextDataModule(source="csv", test_size=0, **kwargs).load()
     assert isinstance(error.value, ConfigError)
     for part in named:
         assert part in str(error.value)
@@ -140,7 +140,7 @@ def test_bad_arguments_fail_at_construction(kwargs: dict, named: list[str]) -> N
 def test_hub_needs_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
     with pytest.raises(DataError, match=r"data\.source=hub needs the datasets package"):
-        TextDataModule("hub", path="glue", hub_subset="sst2").load()
+        TextDataModule(source="hub", path="glue", hub_subset="sst2").load()
 
 
 def _saved_glue_like(folder: Path) -> Path:
@@ -158,7 +158,7 @@ def _saved_glue_like(folder: Path) -> Path:
 
 def test_hub_splits_of_a_dataset_saved_to_disk_leave_out_the_unlabeled_test(tmp_path: Path) -> None:
     folder = _saved_glue_like(tmp_path / "sst2")
-    data = TextDataModule("hub", path=str(folder), text_column="sentence", test_size=0.2)
+    data = TextDataModule(source="hub", path=str(folder), text_column="sentence", test_size=0.2)
     splits = data.load()
     assert (len(splits.train), len(splits.val), len(splits.test["sst2"])) == (24, 6, 6)
     assert data.stats["unlabeled_splits_left_out"] == ["test"]
@@ -166,18 +166,18 @@ def test_hub_splits_of_a_dataset_saved_to_disk_leave_out_the_unlabeled_test(tmp_
     assert sorted(splits.val.texts) == sorted(movies.texts[30:36])  # the saved validation split, as saved
     assert set(splits.train.labels) | set(splits.val.labels) <= {0, 1}
     with pytest.raises(DataError) as raised:
-        TextDataModule("hub", path=str(folder), text_column="sentence", hub_test_split="test").load()
+        TextDataModule(source="hub", path=str(folder), text_column="sentence", hub_test_split="test").load()
     assert str(raised.value).startswith(f"data.hub_test_split: split 'test' of hub dataset {str(folder)!r} has no"
                                         " labels (every label is -1")
     with pytest.raises(DataError, match=r"data\.hub_test_split: hub dataset .* has no split 'dev'"):
-        TextDataModule("hub", path=str(folder), text_column="sentence", hub_test_split="dev").load()
+        TextDataModule(source="hub", path=str(folder), text_column="sentence", hub_test_split="dev").load()
 
 
 def test_a_single_dataset_saved_to_disk_is_the_train_split(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets", reason="the hub extra is not installed")
     rows = {"text": [f"text {i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
     datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "one")
-    data = TextDataModule("hub", path=str(tmp_path / "one"), hub_val_split=None, val_size=4, test_size=4)
+    data = TextDataModule(source="hub", path=str(tmp_path / "one"), hub_val_split=None, val_size=4, test_size=4)
     splits = data.load()
     assert (len(splits.train), len(splits.val), len(splits.test["one"])) == (12, 4, 4)
     assert "unlabeled_splits_left_out" not in data.stats
@@ -193,7 +193,7 @@ def test_a_file_that_starts_with_a_byte_order_mark_is_read(tmp_path: Path, suffi
         lines = [json.dumps({"text": f"review {i}", "label": i % 2}) for i in range(20)]
     path.write_bytes("\n".join(lines).encode("utf-8-sig"))
     assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
-    data = TextDataModule(suffix[1:], path=str(path), val_size=4, test_size=0)
+    data = TextDataModule(source=suffix[1:], path=str(path), val_size=4, test_size=0)
     splits = data.load()
     texts = sorted(splits.train.texts + splits.val.texts, key=lambda t: int(t.split()[1]))
     assert texts == [f"review {i}" for i in range(20)]
