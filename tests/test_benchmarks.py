@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -25,13 +27,11 @@ def run_script(name: str, *args: str, timeout: int) -> str:
     return result.stdout
 
 
-def load_quality():
-    spec = importlib.util.spec_from_file_location("quality", BENCHMARKS / "quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def load_benchmark(name: str):
+    """A benchmark script or a module of the study as a module (``benchmarks/`` on the path, as the scripts have it)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 RATIOS = ("smart_vs_plain_fp32", "smart_mem_vs_plain_fp32", "smart_vs_plain_bf16", "smart_relative_vs_plain_bf16",
@@ -86,12 +86,11 @@ def test_quality_quick_runs_composed_settings_and_resumes(tmp_path: Path) -> Non
     args = ("study", "--quick", "--out", str(tmp_path), "--lr", "1e-4", "--steps", "4", "--threads", "1")
     plan = (*args, "--settings", "plain,paper_stab", "--setting",
             "lazy2:smart=paper teacher=paper smart.every_n_steps=2")
-    with ThreadPoolExecutor(2) as pool:  # two processes share the plan: each run is done once, by one of them
-        list(pool.map(lambda _: run_script("quality.py", *plan, timeout=900), range(2)))
+    text = run_script("quality.py", *plan, "--jobs", "2", timeout=900)  # two worker processes share the plan
+    assert "3 runs planned, 3 to do, 2 at a time" in text
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["setting"], r["seed"]) for r in runs) == [("lazy2", 0), ("paper_stab", 0), ("plain", 0)]
     by_setting = {r["setting"]: r for r in runs}
-    assert not list((tmp_path / "claims").iterdir())  # every claim released
     for row in runs:
         assert row["steps_done"] == 4 and row["splits"] == ["val", "movies", "tweets", "amazon", "nyt", "robust"]
         assert [step for step, _ in row["curve"]] == [2, 4]
@@ -106,25 +105,26 @@ def test_quality_quick_runs_composed_settings_and_resumes(tmp_path: Path) -> Non
     assert "smart.rampup=0.25" in stabilized["overrides"] and "teacher=paper" in stabilized["overrides"]
 
     again = run_script("quality.py", *args, "--settings", "plain,paper_stab", timeout=600)
-    assert "2 runs planned, 2 in shard 0/1, 0 to do" in again
+    assert "2 runs planned, 0 to do" in again
     assert re.search(r"^\| plain \| 1 \| \d \| ", again, re.MULTILINE)
     assert re.search(r"^\| lazy2 \| 1 \| [+-]\d", again, re.MULTILINE)  # the paired difference row
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 3
 
 
 def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs() -> None:
-    quality = load_quality()
+    tables, study = load_benchmark("study.tables"), load_benchmark("study.report")
     curves = {2e-5: [[50, 0.6], [100, 0.7]], 5e-5: [[50, 0.7], [100, 0.8]], 1e-4: [[50, 0.75], [100, 0.72]]}
     rows = [{"lr": lr, "curve": [[s, v + 0.01 * seed] for s, v in curve]} for lr, curve in curves.items()
             for seed in range(3)]
-    lr, step, medians = quality.lr_choice(rows)
+    lr, step, medians = tables.lr_choice(rows)
     assert (lr, step) == (5e-5, 100) and medians[1e-4] == [(50, 0.76), (100, 0.73)]
-    mean, low, high = quality.bootstrap([1.0, 2.0, 3.0, 4.0, 5.0])
+    mean, low, high = tables.bootstrap([1.0, 2.0, 3.0, 4.0, 5.0])
     assert mean == 3.0 and 1.0 <= low < 3.0 < high <= 5.0
-    assert quality.bootstrap([2.0, 2.0]) == (2.0, 2.0, 2.0)
-    assert quality.failed({"val": {"acc": 0.505, "majority": 0.5}}) and not quality.failed(
+    assert tables.bootstrap([2.0, 2.0]) == (2.0, 2.0, 2.0)
+    assert tables.failed({"val": {"acc": 0.505, "majority": 0.5}}) and not tables.failed(
         {"val": {"acc": 0.52, "majority": 0.5}})
-    assert quality.failed({"val": {"pearson": 0.05}}) and quality.parse_seeds("0-2") == [0, 1, 2]
+    assert tables.failed({"val": {"pearson": 0.05}})
+    assert load_benchmark("study.settings").parse_seeds("0-2") == [0, 1, 2]
 
     # The lr phase's plain run at the study's lr and steps is the study's plain run of its seed: paired with the
     # study's settings, as the study itself skips it (same overrides, seed, lr and steps: the same key).
@@ -134,27 +134,28 @@ def test_quality_report_chooses_the_learning_rate_and_steps_and_bootstraps_pairs
                 "threads": 1}
     rows = [row("plain@lr", seed, lr, 0.8 + 0.01 * seed + lr) for seed in range(2) for lr in (2e-5, 5e-5)]
     rows += [*(row("paper", seed, 5e-5, 0.85) for seed in range(3)), row("plain", 2, 5e-5, 0.9)]
-    lazy = quality.report([*rows, *(row("teacher", seed, 5e-5, 0.86 - 0.1 * seed) for seed in range(3))])
+    lazy = study.report([*rows, *(row("teacher", seed, 5e-5, 0.86 - 0.1 * seed) for seed in range(3))])
     assert "best median validation score of teacher, paper: paper." in lazy  # teacher's median 76 < paper's 85
-    text = quality.report(rows)
+    text = study.report(rows)
     assert "| plain | 3 | 0 | 81.0 (80.5–85.5) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in text
-    alone = quality.report(rows[4:])  # no lr phase: plain's one run was the last to finish; its row still comes first
+    alone = study.report(rows[4:])  # no lr phase: plain's one run was the last to finish; its row still comes first
     assert "| plain | 1 | 0 | 90.0 (90.0–90.0) | 2 |\n| paper | 3 | 0 | 85.0 (85.0–85.0) | 2 |" in alone
     assert "Lazy k = 4 is run on the best median validation score of paper: paper." in text
     assert "| paper | 3 | +1.3 [-5.0, +5.0] |" in text  # (85 − 80.005, 85 − 81.005, 85 − 90) / 3 = +1.33
     # Each lr and step count is its own study; one whose plain runs still improve at their last step says so.
     rising = [row("plain", seed, 5e-5, 0.8) | {"steps": 200, "curve": [[100, 0.7], [200, 0.8]]} for seed in range(2)]
-    both = quality.report(rows + rising)
+    both = study.report(rows + rising)
     assert "### trec: 100 steps at lr 5e-05" in both and "### trec: 200 steps at lr 5e-05" in both
     assert both.count("Plain has not peaked") == 1 and "(70.0 at step 100, 80.0 at 200)" in both
 
 
 def test_quality_rule_claims_robustness_only_without_an_out_of_domain_loss_and_confirms_on_test() -> None:
-    """Issue 19's rule, on made-up runs whose paired differences are the same for every seed (a point interval)."""
-    quality = load_quality()
+    """The adversarial study's rule, on made-up runs whose paired differences are the same for every seed (a point
+    interval)."""
+    robustness = load_benchmark("study.robustness")
     radii = [0.01, 0.02, 0.03, 0.09, 1.0]
     probe = {"settings": [{"epsilon": e, "relative": True, "ratio": r} for e, r in ((0.01, 2.0), (0.03, 12.0))]}
-    assert quality.acting_radii(probe) == (0.01, 0.03)
+    assert load_benchmark("study.settings").acting_radii(probe) == (0.01, 0.03)
 
     def run(setting: str, seed: int, val: float, test: float, tweets: float, robust: list[float]) -> dict:
         return {"setting": setting, "seed": seed, "splits": ["val", "movies", "tweets", "robust"],
@@ -166,7 +167,7 @@ def test_quality_rule_claims_robustness_only_without_an_out_of_domain_loss_and_c
     study += [run("lazy4_strong", seed, 0.81, 0.80, 0.70, [0.7, 0.6, 0.55, 0.1, 0.0]) for seed in range(3)]
     study += [run("act", seed, 0.82, 0.81, 0.70, base) for seed in range(3)]
     study += [run("mtdnn", seed, 0.80, 0.80, 0.70, base) for seed in range(2)]
-    verdicts = {line.split(":")[0][2:]: line for line in quality.radius_tables("movies", study, probe)
+    verdicts = {line.split(":")[0][2:]: line for line in robustness.radius_tables("movies", study, probe)
                 if line.startswith("- ")}
     assert verdicts["strong"] == ("- strong: validation +0.0 [+0.0, +0.0]; robust at its training radius 0.03: "
                                   "+10.0 [+10.0, +10.0]; no robustness claim (out of domain its interval excludes "
@@ -178,28 +179,104 @@ def test_quality_rule_claims_robustness_only_without_an_out_of_domain_loss_and_c
     assert verdicts["mtdnn"].endswith("2 of the planned seeds: too few to claim anything yet.")
 
 
-def test_quality_claims_a_run_for_one_live_process_and_counts_a_run_once(tmp_path: Path) -> None:
-    quality = load_quality()
-    assert quality.claim(tmp_path, "abc") and not quality.claim(tmp_path, "abc")  # held by this live process
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / "claims" / "abc").write_text(dead.stdout.strip())
-    assert quality.claim(tmp_path, "abc")  # its holder died: the run is free again, and now this process's
-    assert (tmp_path / "claims" / "abc").read_text() == str(os.getpid())
+def test_quality_counts_a_run_stored_twice_once(tmp_path: Path) -> None:
+    runner = load_benchmark("study.runner")
     (tmp_path / "runs.jsonl").write_text("".join(json.dumps({"key": k, "n": n}) + "\n"
                                                  for n, k in enumerate("abab")) + "\n")
-    assert quality.stored(tmp_path) == [{"key": "a", "n": 0}, {"key": "b", "n": 1}]
+    assert runner.stored(tmp_path) == [{"key": "a", "n": 0}, {"key": "b", "n": 1}]
+
+
+STUDY = BENCHMARKS / "results" / "study"
+RUN_FIELDS = ("task", "setting", "overrides", "seed", "lr", "steps")
+TIMING = {"train_s", "eval_s", "calibration_s"}
+
+
+def stored_run_and_bench(row: dict) -> tuple:
+    """The :class:`Run` and :class:`Bench` a stored row was made of, from its own fields."""
+    settings = load_benchmark("study.settings")
+    bench = dict(row["bench"])
+    bench["attack_radii"] = tuple(bench.get("attack_radii", ()))
+    return settings.Run(*(row[field] for field in RUN_FIELDS)), settings.Bench(**bench)
+
+
+@pytest.mark.parametrize("name", ["runs.jsonl", "reproduced.jsonl"])
+def test_the_stored_study_runs_keep_their_keys(name: str) -> None:
+    """Every stored run's key, recomputed from its fields: a run already done is recognised, and not run again."""
+    settings = load_benchmark("study.settings")
+    rows = [json.loads(line) for line in (STUDY / name).read_text().splitlines() if line.strip()]
+    assert rows
+    for row in rows:
+        if row.get("kind") == "probe":  # the probe of plain seed 0's final weights, on the adversarial bench
+            plain = settings.Run(row["task"], "plain", settings.SETTINGS["plain"], 0, row["lr"], row["steps"])
+            assert row["key"] == f"probe-{row['of']}" == f"probe-{plain.key(settings.ADVERSARIAL_BENCH)}"
+            continue
+        run, bench = stored_run_and_bench(row)
+        assert run.key(bench) == row["key"], row["setting"]
+
+
+def test_the_runner_runs_what_is_not_stored_and_resumes_after_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each finished run is appended as it ends; a plan that stopped resumes with the runs not stored, and two
+    settings with the same overrides are one run."""
+    settings, runner = load_benchmark("study.settings"), load_benchmark("study.runner")
+    done: list[str] = []
+    broken = [True]
+
+    def train_one(run: Any, bench: Any, weights: Path) -> dict:
+        if run.setting == "broken" and broken[0]:
+            raise RuntimeError("out of memory")
+        done.append(f"{run.setting} {run.seed}")
+        return {"task": run.task, "setting": run.setting, "seed": run.seed, "lr": run.lr, "val": {"acc": 0.5},
+                "train_s": 1.0, "eval_s": 1.0, "weights": str(weights)}
+
+    monkeypatch.setattr(runner, "train_one", train_one)
+    named = {"plain": "smart=off teacher=off", "same": "smart=off teacher=off", "broken": "smart=paper teacher=off"}
+    plan = settings.plan("trec", named, [0, 1], 1e-4, 4)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        runner.execute(plan, settings.QUICK, tmp_path)
+    assert done == ["plain 0"]
+    assert [r["setting"] for r in runner.stored(tmp_path)] == ["plain"]
+    broken[0] = False
+    runner.execute(plan, settings.QUICK, tmp_path)
+    assert done == ["plain 0", "broken 0", "plain 1", "broken 1"]
+    rows = runner.stored(tmp_path)
+    assert [r["key"] for r in rows] == [run.key(settings.QUICK) for run in plan if run.setting != "same"]
+    assert rows[0]["bench"] == json.loads(json.dumps(dataclasses.asdict(settings.QUICK)))
+    assert rows[0]["weights"] == str(tmp_path / "weights" / rows[0]["key"])
+    printed = capsys.readouterr().out
+    assert "6 runs planned, 4 to do" in printed and "6 runs planned, 3 to do" in printed
+    assert "[3/3] trec broken seed 1 lr 0.0001: val 0.5000" in printed
+    runner.execute(plan, settings.QUICK, tmp_path)
+    assert "6 runs planned, 0 to do" in capsys.readouterr().out and len(done) == 4
+
+
+@pytest.mark.filterwarnings("ignore:smart.epsilon=auto")  # the 2-layer cut's ratio is far below the target
+def test_a_stored_quick_run_reproduces_bit_for_bit(tmp_path: Path) -> None:
+    """A run stored by the study's runner, rerun: the same row, field for field and bit for bit, but its seconds."""
+    runner = load_benchmark("study.runner")
+    stored = json.loads((Path(__file__).parent / "fixtures" / "study_quick_run.jsonl").read_text())
+    run, bench = stored_run_and_bench(stored)
+    assert run.key(bench) == stored["key"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as it was stored; other thread counts may sum in another order
+    try:
+        rerun = json.loads(json.dumps(runner.stored_run(run, bench, tmp_path)))
+    finally:
+        torch.set_num_threads(threads)
+    assert list(rerun) == list(stored)
+    assert {k: v for k, v in rerun.items() if k not in TIMING} == {k: v for k, v in stored.items() if k not in TIMING}
 
 
 @pytest.mark.slow
 def test_quality_probe_and_the_adversarial_study_on_the_two_layer_cut(tmp_path: Path) -> None:
     """The probe trains plain seed 0 (keeping its weights) and measures every grid radius, the paper's ε and mtdnn;
     the study's runs record robust accuracy at every radius of the attack's grid."""
-    quality = load_quality()
+    settings, runner, study = (load_benchmark(f"study.{name}") for name in ("settings", "runner", "report"))
     out = ("--quick", "--out", str(tmp_path), "--threads", "1")
     text = run_script("quality.py", "probe", "--task", "movies", *out, timeout=900)
     (probe,) = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()
                 if json.loads(line).get("kind") == "probe"]
-    names = ["paper ε", *(f"relative {e:g}" for e in quality.PROBE_GRID), "mtdnn"]
+    names = ["paper ε", *(f"relative {e:g}" for e in settings.PROBE_GRID), "mtdnn"]
     assert [s["name"] for s in probe["settings"]] == names
     for setting in probe["settings"]:
         assert 0 <= setting["perturbation_kl"] < float("inf") and 0 < setting["dropout_kl"] < float("inf")
@@ -209,37 +286,37 @@ def test_quality_probe_and_the_adversarial_study_on_the_two_layer_cut(tmp_path: 
     assert "ε_act = " in text and "ε_strong = " in text
 
     run_script("quality.py", "adversarial", "--task", "movies", "--settings", "plain,mtdnn", *out, timeout=900)
-    runs = [r for r in quality.stored(tmp_path) if r.get("kind") != "probe"]
+    runs = [r for r in runner.stored(tmp_path) if r.get("kind") != "probe"]
     assert sorted(r["setting"] for r in runs) == ["mtdnn", "plain"]  # plain seed 0 ran once, for the probe
     for row in runs:
         grid = row["robust_radii"]
-        assert grid["radii"] == list(quality.QUICK_ADVERSARIAL.attack_radii) and len(grid["acc"]) == len(grid["radii"])
+        assert grid["radii"] == list(settings.QUICK_ADVERSARIAL.attack_radii) and len(grid["acc"]) == len(grid["radii"])
         assert grid["acc"][0] <= grid["clean"]
         assert all(a >= b for a, b in zip(grid["acc"], grid["acc"][1:], strict=False))
-    text = quality.report(quality.stored(tmp_path))
+    text = study.report(runner.stored(tmp_path))
     assert re.search(r"^\| mtdnn \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$", text, re.MULTILINE), text
 
 
 def test_quality_fixes_the_acting_radii_by_the_rule_and_plans_with_them() -> None:
-    quality = load_quality()
-    ratios = dict(zip(quality.PROBE_GRID, (0.3, 0.8, 1.5, 12.0, 9.0, 30.0), strict=True))
+    study = load_benchmark("study.settings")
+    ratios = dict(zip(study.PROBE_GRID, (0.3, 0.8, 1.5, 12.0, 9.0, 30.0), strict=True))
     settings = [{"name": f"relative {e:g}", "epsilon": e, "relative": True, "ratio": r} for e, r in ratios.items()]
     probe = {"kind": "probe", "task": "trec", "lr": 2e-5, "steps": 400, "settings": [
         {"name": "paper ε", "epsilon": 1e-5, "relative": False, "ratio": 50.0}, *settings]}
-    assert quality.acting_radii(probe) == (0.03, 0.1)  # smallest with ratio ≥ 1 and ≥ 10; the paper's ε is no grid row
-    planned = quality.adversarial_settings([probe], "trec", ["act", "strong", "mtdnn", "lazy"],
-                                           {"lazy": "smart=relative_shared smart.epsilon={act} smart.every_n_steps=4"})
+    assert study.acting_radii(probe) == (0.03, 0.1)  # smallest with ratio ≥ 1 and ≥ 10; the paper's ε is no grid row
+    planned = study.adversarial_settings([probe], "trec", ["act", "strong", "mtdnn", "lazy"],
+                                        {"lazy": "smart=relative_shared smart.epsilon={act} smart.every_n_steps=4"})
     assert planned == {"act": "smart=relative_shared teacher=off smart.epsilon=0.03",
                        "strong": "smart=relative_shared teacher=off smart.epsilon=0.1",
                        "mtdnn": "smart=mtdnn teacher=off",
                        "lazy": "smart=relative_shared smart.epsilon=0.03 smart.every_n_steps=4"}
     with pytest.raises(SystemExit, match=r"run `quality.py probe --task movies` first"):
-        quality.adversarial_settings([probe], "movies", ["act"])
+        study.adversarial_settings([probe], "movies", ["act"])
     weak = probe | {"settings": [s | {"ratio": 0.5} for s in settings]}
     with pytest.raises(SystemExit, match=r"strong: no radius of the grid .* reaches the ratio of ε_strong on trec"):
-        quality.adversarial_settings([weak], "trec", ["strong"])
-    assert quality.adversarial_settings([weak], "trec", ["plain"]) == {"plain": "smart=off teacher=off"}
-    text = "\n".join(quality.adversarial_report([probe]))
+        study.adversarial_settings([weak], "trec", ["strong"])
+    assert study.adversarial_settings([weak], "trec", ["plain"]) == {"plain": "smart=off teacher=off"}
+    text = "\n".join(load_benchmark("study.robustness").adversarial_report([probe]))
     assert "| relative 0.03 | 1.5× |" in text and "trec (400 steps at lr 2e-05): ε_act = 0.03, ε_strong = 0.1" in text
 
 
@@ -253,17 +330,17 @@ def _auto_study_row(setting: str, seed: int, test: float, robust: float, **extra
 def test_quality_auto_tables_pair_auto_with_plain_and_strong_and_give_the_rules_verdict() -> None:
     """Fixed run rows: auto's calibrations and share of training, the paired differences computed by hand (the same
     difference on every seed: the bootstrap interval is that point), and both verdicts of the rule."""
-    quality = load_quality()
+    robustness = load_benchmark("study.robustness")
     probe = {"kind": "probe", "task": "trec", "settings": [
         {"name": f"relative {e:g}", "epsilon": e, "relative": True, "ratio": r}
-        for e, r in zip(quality.PROBE_GRID, (0.01, 0.1, 1.5, 12.0, 30.0, 40.0), strict=True)]}
+        for e, r in zip(load_benchmark("study.settings").PROBE_GRID, (0.01, 0.1, 1.5, 12.0, 30.0, 40.0), strict=True)]}
     calibrations = [[50, 0.3, True, 1e-3, [[0.1, 5e-3], [0.3, 2e-2]]], [100, 1.0, False, 1e-3, [[1.0, 8e-3]]]]
     study = []
     for seed in range(3):
         study += [_auto_study_row("plain", seed, 0.90, 0.40), _auto_study_row("strong", seed, 0.89, 0.55),
                   _auto_study_row("auto", seed, 0.88, 0.56, calibrations=calibrations, epsilon=1.0,
                                   calibration_s=20.0, train_s=1000.0)]
-    text = "\n".join(quality.auto_tables("trec", study, probe)).rstrip()
+    text = "\n".join(robustness.auto_tables("trec", study, probe)).rstrip()
     assert "| 0 | 50: 0.3 (20), 100: 1 (8*) | 1 | 20.0 | 2.00% |" in text
     assert "Ends at ε_strong in 0 of 3 seeds; calibration 2.00% of training time at most." in text
     zero = "+0.0 [+0.0, +0.0]"
@@ -274,17 +351,10 @@ def test_quality_auto_tables_pair_auto_with_plain_and_strong_and_give_the_rules_
     level = [r | {"trec": {"acc": 0.89}} if r["setting"] == "auto" else r for r in study]
     level = [r | {"robust_radii": r["robust_radii"] | {"acc": [0.8, 0.55, 0.1]}} if r["setting"] == "auto" else r
              for r in level]
-    assert "\n".join(quality.auto_tables("trec", level, probe)).rstrip().endswith(
+    assert "\n".join(robustness.auto_tables("trec", level, probe)).rstrip().endswith(
         "Verdict: auto matches strong on trec: robust gain at 0.1 +15.0 [+15.0, +15.0] against strong's +15.0"
         " [+15.0, +15.0] (overlap); no test or out-of-domain split worse than strong's.")
-    assert quality.auto_tables("trec", [r for r in study if r["setting"] != "auto"], probe) == []
-
-
-def load_benchmark(name: str):
-    """A benchmark script as a module (``benchmarks/`` on the path: the scripts import each other)."""
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    return importlib.import_module(name)
+    assert robustness.auto_tables("trec", [r for r in study if r["setting"] != "auto"], probe) == []
 
 
 FSDP_ROW = re.compile(r"(ddp|fsdp)\s+(\d)\s+(\d+\.\d)\s+(\d\.\d{3})\s+(\d+\.\d)\s+(\d\.\d{3})"  # θ̃, peak: MiB, ×
