@@ -49,6 +49,7 @@ nitpick_ignore_regex = [(r"py:.*", r"^(?!lightning_smart\b).*"), (r"py:.*", r"^l
 html_theme = "furo"
 html_title = "lightning-smart"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 katex_css_path = "katex/katex.min.css"
 katex_prerender = False
 pygments_style = "friendly"

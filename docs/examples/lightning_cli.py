@@ -1,10 +1,13 @@
-"""SMART fine-tuning from the command line with Lightning's own ``LightningCLI``: no Hydra, no app.
+"""SMART fine-tuning with Lightning's own LightningCLI: no Hydra, no app.
 
-    python lightning_cli.py fit --model.model sentence-transformers/all-MiniLM-L6-v2 \
-        --model.smart.lambda_s 1 --trainer.callbacks+=lightning_smart.EMATeacherCallback --trainer.callbacks.mu 1
+    python lightning_cli.py fit --model.model <a Hub name or a folder> \
+        --model.smart.lambda_s 1 \
+        --trainer.callbacks+=lightning_smart.EMATeacherCallback \
+        --trainer.callbacks.mu 1
 
-Every argument of ``SequenceTask`` is a ``--model.*`` flag (``smart: SmartConfig`` gives ``--model.smart.*``), every
-argument of ``TextDataModule`` a ``--data.*`` flag, and the teacher is a callback like any other.
+SequenceTask's arguments are --model.* flags (its smart: SmartConfig gives
+--model.smart.*), the data module's are --data.* flags, and the teacher is a
+callback like any other.
 """
 
 from lightning.pytorch.cli import LightningCLI
