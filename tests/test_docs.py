@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import lightning_smart
+import lightning_smart.data
 import lightning_smart.tasks
 
 ROOT = Path(__file__).parents[1]
@@ -50,6 +51,9 @@ def test_the_api_reference_documents_every_public_name(site: Path) -> None:
     assert [name for name in public if f'id="lightning_smart.{name}"' not in html] == []
     tasks = (site / "reference" / "tasks.html").read_text(encoding="utf-8")
     assert [n for n in lightning_smart.tasks.__all__ if f'id="lightning_smart.tasks.{n}"' not in tasks] == []
+    data = (site / "reference" / "data.html").read_text(encoding="utf-8")
+    classes = [n for n in lightning_smart.data.__all__ if n[0].isupper() and not n.isupper()]  # not the constants
+    assert [n for n in classes if f'id="lightning_smart.data.{n}"' not in data] == []
     assert 'id="lightning_smart.attack.robust_accuracy"' in (site / "reference" / "attack.html").read_text()
 
 
