@@ -21,7 +21,7 @@ Row = tuple[str, Mapping[str, Any]]
 
 
 def decode(path: Path, encoding: str = "utf-8") -> str:
-    """The text of ``path``; a byte that ``encoding`` cannot decode is named with its line and offset.
+    """The text of ``path``; a byte that ``encoding`` cannot decode, or a NUL character, is named with its line.
 
     A UTF-8 byte-order mark (as spreadsheet programs write one) is dropped, so it never joins the first column's name.
 
@@ -36,7 +36,7 @@ def decode(path: Path, encoding: str = "utf-8") -> str:
         >>> decode(path)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        lightning_smart.data.assets.DataError: ...reviews.csv line 2: byte 0xe9 at offset 14 is not utf-8 ...
+        lightning_smart.data.assets.DataError: ...reviews.csv line 2: byte 0xe9 at offset 14 is not valid utf-8 ...
         >>> decode(path, "latin-1").splitlines()[1]
         'café,1'
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 from lightning_smart.config import ConfigError
-from lightning_smart.data import DataError, TextDataModule, split_indices
-from lightning_smart.data.sources import load_snippets, load_trec
+from lightning_smart.data import DataError, TextDataConfig, TextDataModule, split_indices
+from lightning_smart.data.sources import load_snippets, load_text, load_trec
 from tests.helpers.app import write_csv
 
 
@@ -41,6 +42,24 @@ def test_split_is_fixed_by_its_seed_and_disjoint() -> None:
     train, val, test = first
     assert (len(train), len(val), len(test)) == (800, 100, 100)
     assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
+
+
+def _digest(texts: list[str], labels: list[int]) -> str:
+    return hashlib.sha256(json.dumps([texts, labels]).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("settings", "digests"), [
+    ({"source": "movies", "val_size": 1000, "test_size": 1000},
+     ("5243001ac6050720", "166aeef22f356d00", "ed6fe8e55c231f7a")),
+    ({"source": "trec", "num_labels": 6, "val_size": 500, "test_size": 500},
+     ("29e7e445213da6a2", "04b18104b1572b1c", "680c349a43e5e621")),
+], ids=["movies", "trec"])
+def test_the_shipped_presets_split_as_the_stored_study_did(settings: dict, digests: tuple[str, ...]) -> None:
+    """data=movies and data=trec at split_seed 0: the same examples in the same order, train, val and test."""
+    splits, _ = load_text(TextDataConfig(**settings))
+    (test,) = splits.test.values()
+    found = tuple(_digest(s.texts, s.labels) for s in (splits.train, splits.val, test))
+    assert found == digests
 
 
 @pytest.fixture(scope="module")
