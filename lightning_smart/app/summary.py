@@ -34,11 +34,11 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy, the ``robust_acc@<radius>``
         metrics, was measured: :meth:`~lightning_smart.app.robustness.RobustEvaluation.summary`, or ``None``),
         ``best`` (score and checkpoint), ``data`` (the data module's ``stats``: split sizes, what was left out, the
-        class names as ``label_names`` and whether they were inferred from the data), ``steps``, ``smart_skipped``, ``smart_epsilon`` (the radius in
-        force at the end: ``smart.epsilon``, or ``auto``'s last calibration), ``wall_time_s``, ``curve`` (the
-        monitored metric at each validation: ``[step, value]``), ``peak_memory`` (:class:`PeakMemory`), ``files`` (the
-        metrics CSV, the last checkpoint, the exported ``model`` and ``teacher`` folders, relative to ``out``),
-        ``overrides``, the resolved ``config`` and the ``versions``.
+        class names as ``label_names`` and whether they were inferred from the data), ``steps``, ``smart_skipped``,
+        ``smart_epsilon`` (the radius in force at the end: ``smart.epsilon``, or ``auto``'s last calibration),
+        ``wall_time_s``, ``curve`` (the monitored metric at each validation: ``[step, value]``), ``peak_memory``
+        (:class:`PeakMemory`), ``files`` (the metrics CSV, the last checkpoint, the exported ``model`` and ``teacher``
+        folders, relative to ``out``), ``overrides``, the resolved ``config`` and the ``versions``.
     """
     best_score, best_path = best
     csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
