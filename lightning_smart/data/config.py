@@ -188,6 +188,11 @@ class SFTDataConfig(TextDataConfig):
     def _check(self) -> None:
         if "{prompt}" not in self.prompt_template:
             raise DataError(f"data.prompt_template={self.prompt_template!r} has no {{prompt}}: where the prompt goes")
+        try:
+            self.prompt_template.format(prompt="")
+        except (KeyError, IndexError, ValueError):
+            raise DataError(f"data.prompt_template={self.prompt_template!r} is not allowed: {{prompt}} is its only"
+                            " field; write a brace of the text twice ({{ or }})") from None
 
 
 @dataclass

@@ -71,6 +71,11 @@ def test_the_prompt_template_is_the_configs_and_is_checked() -> None:
     assert SFTDataModule(prompt_template="Q: {prompt}\nA: ").config.prompt_template == "Q: {prompt}\nA: "
     with pytest.raises(DataError, match=r"^data\.prompt_template='Q:' has no \{prompt\}: where the prompt goes$"):
         SFTDataConfig(prompt_template="Q:")
+    with pytest.raises(DataError) as raised:
+        SFTDataConfig(prompt_template="{system} {prompt}")
+    assert str(raised.value) == ("data.prompt_template='{system} {prompt}' is not allowed: {prompt} is its only field;"
+                                 " write a brace of the text twice ({{ or }})")
+    assert SFTDataConfig(prompt_template="{{json}} {prompt}").prompt_template == "{{json}} {prompt}"
 
 
 @pytest.mark.parametrize(("module", "args", "expected"), [
