@@ -79,8 +79,11 @@ class ProbeSchedule:
         if not torch.is_autocast_enabled(x.device.type):
             found = precision.resolution(x, module.smart_padding_mask(batch), epsilon, cfg.epsilon_scale)
             unresolved = precision.unresolved_warning(epsilon, cfg.epsilon_scale, found)
+        # With epsilon=auto the calibrations probe, at each radius they try.
         probed = self.run(module, batch, batch_idx, step) if cfg.probe and not cfg.auto else Probed()
-        return probed._replace(warnings=(unresolved,) * bool(unresolved) + probed.warnings)  # auto: calibrations probe
+        if unresolved:
+            probed = probed._replace(warnings=(unresolved, *probed.warnings))
+        return probed
 
     def run(self, module: Any, batch: Any, batch_idx: int, step: int) -> Probed:
         """The probe on this training batch at the current weights (:meth:`smart_probe`), on a forked RNG: its

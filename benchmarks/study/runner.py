@@ -93,7 +93,7 @@ def build_task(cfg: DictConfig, seed: int, weights: Path | None = None) -> tuple
     pl.seed_everything(seed, verbose=False)
     task = make_task(cfg, checked, checked.smart)
     if not isinstance(task, SequenceTask):
-        raise SystemExit(f"the study scores sequence tasks; {cfg.data._target_} makes a {type(task).__name__}")
+        raise SystemExit(f"the study scores sequence tasks; {type(checked.data).__name__} makes {type(task).__name__}")
     return task, checked
 
 

@@ -6,8 +6,8 @@
         --trainer.callbacks.mu 1
 
 SequenceTask's arguments are --model.* flags (its smart: SmartConfig gives
---model.smart.*), the data module's are --data.* flags, and the teacher is a
-callback like any other.
+--model.smart.*), the data module's are --data.config.* flags (its config:
+TextDataConfig), and the teacher is a callback like any other.
 """
 
 from lightning.pytorch.cli import LightningCLI

@@ -71,7 +71,7 @@ class Evaluation(NamedTuple):
     preds: Tensor
     target: Tensor
     loss: Tensor
-    count: int
+    predictions: int
 
 
 class FineTuneTask(SmartLightningModule, pl.LightningModule):
@@ -128,8 +128,8 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        preds, target, loss, count = self.evaluate(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=count)
+        preds, target, loss, predictions = self.evaluate(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=predictions)
         self.val_metrics.update(preds, target)
         self.log_dict(self.val_metrics, prog_bar=True)
 
