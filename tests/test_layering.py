@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,26 @@ def test_the_method_alone_imports_no_module_of_the_app() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('lightning_smart.app')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert done.stdout.strip() == "[]"
+
+
+def long_classes(package: Path, limit: int) -> list[str]:
+    """``file:Class lines`` for each class in ``package`` longer than ``limit`` lines, from ``class`` to its end."""
+    return [f"{path.relative_to(package.parent)}:{node.name} {node.end_lineno - node.lineno + 1}"
+            for path in sorted(package.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_class_but_the_mixin_is_over_150_lines(tmp_path: Path) -> None:
+    """A class that grows past a screenful holds more than one job; the mixin alone holds the algorithm's step."""
+    assert long_classes(ROOT / "lightning_smart", 150) == ["lightning_smart/module.py:SmartLightningModule "
+                                                           f"{_length_of_the_mixin()}"]
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "big.py").write_text("class Big:\n" + "    x = 1\n" * 150)
+    assert long_classes(tmp_path / "pkg", 150) == ["pkg/big.py:Big 151"]
+
+
+def _length_of_the_mixin() -> int:
+    from lightning_smart.module import SmartLightningModule
+
+    lines, _ = inspect.getsourcelines(SmartLightningModule)
+    return len(lines)
