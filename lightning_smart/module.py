@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_smart import precision, probe, sharding
+from lightning_smart._lightning import attached_trainer
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.guard import guard_subclass
 from lightning_smart.overrides import SmartOverrides
@@ -264,7 +265,7 @@ class SmartLightningModule(SmartOverrides):
         if not (self.smart.auto and self.smart.lambda_s > 0):
             return
         refusal = probe.no_dropout_error(self)  # type: ignore[arg-type]
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         if refusal is None and trainer is not None and not trainer.enable_validation:
             refusal = ("smart.epsilon=auto calibrates the radius after each validation, and this fit never validates"
                        " (no val_dataloader, no validation_step or limit_val_batches=0): give a number, e.g."
@@ -278,7 +279,7 @@ class SmartLightningModule(SmartOverrides):
         :attr:`smart_calibrations` with the probe it is (:attr:`smart_probes`)."""
         self._smart_calibration_due = False
         device: torch.device = self.device  # type: ignore[attr-defined]
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         reduce = None if trainer is None else (lambda t: trainer.strategy.reduce(t, reduce_op="mean"))
         start = time.perf_counter()
         self._smart_choose_precision(batch, self.smart_perturbation_site())
@@ -336,7 +337,7 @@ class SmartLightningModule(SmartOverrides):
         at. A checkpoint loaded to evaluate (``test(ckpt_path="best")``) leaves the radius the fit ended with."""
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         state = checkpoint.get("smart_auto_epsilon")
-        trainer = getattr(self, "_trainer", None)
+        trainer = attached_trainer(self)
         if self.smart.auto and state is not None and trainer is not None and trainer.state.fn == "fit":
             self._smart_radius, self._smart_calibration_due = state["epsilon"], state["due"]
             self.smart_calibrations = [
@@ -352,7 +353,7 @@ class SmartLightningModule(SmartOverrides):
         return bool(message)
 
     def _smart_log(self, values: Mapping[str, Tensor | float]) -> None:
-        if getattr(self, "_trainer", None) is None:
+        if attached_trainer(self) is None:
             return
         for name, value in values.items():
             self.log(name, value, on_step=True, on_epoch=False, prog_bar=name == "train/loss")  # type: ignore[attr-defined]

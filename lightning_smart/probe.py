@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_smart import config, precision
+from lightning_smart._lightning import attached_trainer
 from lightning_smart.perturbation import captured, perturbed, replayed, rng_snapshot
 
 WEAK_RATIO = 0.01
@@ -106,7 +107,7 @@ class ProbeSchedule:
 
 def inside_fit(module: Any) -> bool:
     """Whether ``module`` is being fitted and not sanity-checked: a validation there is one of the run's own."""
-    trainer = getattr(module, "_trainer", None)
+    trainer = attached_trainer(module)
     return trainer is not None and trainer.state.fn == "fit" and not trainer.sanity_checking
 
 

@@ -30,9 +30,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch.distributed.checkpoint as dcp
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 
+from lightning_smart._lightning import saves_distributed_checkpoint
 from lightning_smart.config import TeacherConfig
 from lightning_smart.ema import EMA, ShardedEMA, ema_of
 from lightning_smart.schedule import ema_beta, rampup
@@ -109,9 +110,7 @@ class EMATeacherCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_module(pl_module, self.config.validate)
         refuse_gathering_strategy(trainer.strategy)
-        strategy = trainer.strategy
-        self._distributed_checkpoint = isinstance(strategy, ModelParallelStrategy) and bool(
-            strategy._save_distributed_checkpoint)  # the strategy's own setting: a folder of shards, or one file
+        self._distributed_checkpoint = saves_distributed_checkpoint(trainer.strategy)  # shards, or one file
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # θ̃ starts at the weights the fit starts from: after the strategy has moved, sharded and broadcast them. A

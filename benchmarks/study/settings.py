@@ -56,9 +56,11 @@ ADVERSARIAL = {
     "mtdnn": "smart=mtdnn teacher=off",
     "mtdnn_teacher": "smart=mtdnn teacher=paper",
     "auto": "smart=relative_shared teacher=off smart.epsilon=auto",
+    "paper": SETTINGS["paper"],
 }
 """The adversarial study's settings; ``{act}``/``{strong}`` are the task's ε_act/ε_strong from its stored probe;
-``auto`` calibrates ε_strong's rule (ratio ≥ 10) on training batches after each validation."""
+``auto`` calibrates ε_strong's rule (ratio ≥ 10) on training batches after each validation; ``paper`` is the paper's
+SMART with its teacher (ε = 1e-5), the third setting the text attacks compare."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 
+from lightning_smart._lightning import SaveHookCheckpoint, last_saved, mark_saved
 from lightning_smart.app.files import replacing
 
 
@@ -30,7 +31,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(SaveHookCheckpoint):
     """``last.ckpt``: the latest validated step, overwritten at each validation, what a resume needs.
 
     When ``best`` has just saved this very step (same global step, same ``save_weights_only``), ``last.ckpt``
@@ -51,26 +52,26 @@ class LastCheckpoint(ModelCheckpoint):
                          save_weights_only=save_weights_only)
         self.best = best
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+    def save(self, trainer: pl.Trainer, filepath: str) -> None:
         best = self.best
-        same_step = best is not None and best._last_global_step_saved == trainer.global_step and bool(
-            best._last_checkpoint_saved) and best.save_weights_only == self.save_weights_only
+        best_step, best_path = last_saved(best) if best is not None else (None, "")
+        same_step = best_step == trainer.global_step and bool(best_path) and (
+            best is not None and best.save_weights_only == self.save_weights_only)
         # A distributed checkpoint (trainer=fsdp) is a folder that every rank writes its shard into: written again.
-        same_step = same_step and not Path(best._last_checkpoint_saved).is_dir()  # type: ignore[union-attr]
-        if best is None or not same_step:
-            super()._save_checkpoint(trainer, filepath)
+        same_step = same_step and not Path(best_path).is_dir()
+        if not same_step:
+            super().save(trainer, filepath)
             return
         if trainer.is_global_zero:
             target = Path(filepath)
             try:
                 with replacing(target) as tmp:
-                    os.link(best._last_checkpoint_saved, tmp)
+                    os.link(best_path, tmp)
             except OSError:
-                super()._save_checkpoint(trainer, filepath)
+                super().save(trainer, filepath)
                 return
         trainer.strategy.barrier("LastCheckpoint")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = filepath
+        mark_saved(self, trainer.global_step, filepath)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))

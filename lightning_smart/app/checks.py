@@ -26,11 +26,11 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import AutoConfig
 
+from lightning_smart._lightning import relaunches_script
 from lightning_smart.app.robustness import check_eval
 from lightning_smart.app.schema import TrainerConf
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
@@ -368,7 +368,7 @@ def refuse_relaunch_under_multirun(trainer: pl.Trainer, strategy: Any) -> None:
             " would start the whole sweep again in every worker, and it has no spawning variant: run each job as a"
             " smart-train command of its own, or sweep with trainer.strategy=ddp_spawn"
         )
-    if multirun and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+    if multirun and relaunches_script(trainer.strategy):
         raise ConfigError(
             f"trainer.strategy={strategy!r} re-launches the command line in each worker, which "
             "under --multirun would start the whole sweep again in every worker: use trainer.strategy=ddp_spawn "

@@ -29,9 +29,9 @@ from hydra.errors import CompactHydraException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_smart._lightning import is_spawned
 from lightning_smart.app.callbacks import RandomState, ValidationCurve, from_config
 from lightning_smart.app.checkpoints import AtomicCheckpointIO
 from lightning_smart.app.checks import (
@@ -143,7 +143,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     steps = int(trainer.callback_metrics.pop("trainer/global_step"))
     best_score = trainer.callback_metrics.pop("trainer/best_score", None)
     skipped = int(trainer.callback_metrics.get("smart/skipped", model.smart_skipped))
-    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    spawned = is_spawned(trainer.strategy)
     if run.validation.step != steps and not spawned:
         trainer.validate(model, datamodule=checked.data, verbose=False)
     val = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
