@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,9 +252,42 @@ def test_the_runner_runs_what_is_not_stored_and_resumes_after_a_failure(
     assert "6 runs planned, 0 to do" in capsys.readouterr().out and len(done) == 4
 
 
+# Bit for bit is a promise for one machine: another processor's kernels sum floats in another order. Measured on the
+# quick run below (the fixture, recorded on another machine, against an Intel Xeon's rerun): every accuracy, count and
+# choice equal; the ℓs of the perturbation and the ratio off by up to 1.1e-3 relative (an AMD EPYC's, reported:
+# 1.0e-3 from the fixture, 2.1e-3 from the Xeon's), dropout's ℓs by up to 3.4e-6. The tolerances leave 5-30×.
+CROSS_MACHINE_RTOL = {"perturbation_kl": 1e-2, "ratio": 1e-2, "dropout_kl": 1e-4}
+
+
+def divergence_kind(path: tuple) -> str | None:
+    """Which divergence a value of a stored run is, by where it sits in the row; ``None`` for the rest (accuracies,
+    counts, steps, the radii tried and chosen, the settings), which any machine reproduces exactly."""
+    match path:
+        case ("probe", name):
+            return str(name).removeprefix("probe_")
+        case ("probes", _, 1) | ("calibrations", _, 4, _, 1):  # (step, ℓs perturbation, ℓs dropout); (ε, ℓs)
+            return "perturbation_kl"
+        case ("probes", _, 2) | ("calibrations", _, 3):
+            return "dropout_kl"
+    return None
+
+
+def leaves(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """Every number or string of a stored row, with its path of keys and indices."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+    if items is None:
+        yield path, value
+        return
+    for key, item in items:
+        yield from leaves(item, (*path, key))
+
+
 @pytest.mark.filterwarnings("ignore:smart.epsilon=auto")  # the 2-layer cut's ratio is far below the target
-def test_a_stored_quick_run_reproduces_bit_for_bit(tmp_path: Path) -> None:
-    """A run stored by the study's runner, rerun: the same row, field for field and bit for bit, but its seconds."""
+def test_a_stored_quick_run_reproduces_bit_for_bit_here_and_within_rounding_from_another_machine(
+        tmp_path: Path) -> None:
+    """A run stored by the study's runner, run twice here: the two rows equal field for field and bit for bit (but
+    their seconds). Against the row stored on another machine: the same fields, every value exact but the
+    divergences, each within its kind's relative tolerance (:data:`CROSS_MACHINE_RTOL`)."""
     runner = load_benchmark("study.runner")
     stored = json.loads((Path(__file__).parent / "fixtures" / "study_quick_run.jsonl").read_text())
     run, bench = stored_run_and_bench(stored)
@@ -260,11 +295,18 @@ def test_a_stored_quick_run_reproduces_bit_for_bit(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as it was stored; other thread counts may sum in another order
     try:
-        rerun = json.loads(json.dumps(runner.stored_run(run, bench, tmp_path)))
+        first, second = (json.loads(json.dumps(runner.stored_run(run, bench, tmp_path / str(i)))) for i in (0, 1))
     finally:
         torch.set_num_threads(threads)
-    assert list(rerun) == list(stored)
-    assert {k: v for k, v in rerun.items() if k not in TIMING} == {k: v for k, v in stored.items() if k not in TIMING}
+    assert list(first) == list(second) == list(stored)
+    here, again, there = ({path: v for path, v in leaves(row) if path[0] not in TIMING}
+                          for row in (first, second, stored))
+    assert here == again
+    assert list(here) == list(there)
+    differ = {path: (value, there[path]) for path, value in here.items() if not (
+        value == there[path] if (kind := divergence_kind(path)) is None
+        else math.isclose(value, there[path], rel_tol=CROSS_MACHINE_RTOL[kind]))}
+    assert differ == {}
 
 
 @pytest.mark.slow
