@@ -15,6 +15,7 @@ time, in worker processes of one torch thread each (``--threads`` to change it):
     python benchmarks/quality.py probe --task trec                          # the radii the adversarial study uses
     python benchmarks/quality.py adversarial --task trec --jobs 2
     python benchmarks/quality.py ratios --task trec --seeds 0-4 --batches 2 # auto's ratios at step 0
+    python benchmarks/quality.py text --task trec --jobs 2                  # text attacks on plain, auto, paper
     python benchmarks/quality.py study --quick --out /tmp/q --lr 1e-4 --steps 4   # a smoke run
 
 ``lr`` trains plain fine-tuning for ``--steps`` (300) at each of 2e-5, 5e-5 and 1e-4 with 3 seeds; ``report``
@@ -25,19 +26,21 @@ rate and step count apart and flags a study whose plain runs still improve at th
 trains plain seed 0 at the task's regime (if it is not stored) and measures the perturbation against dropout at its
 final weights; ``adversarial`` trains the adversarial settings, with the radii that probe fixes, and attacks each
 run at every radius of the grid; ``ratios`` writes the probe's ratio at every grid radius, batch by batch, to
-``<out>/ratios.jsonl``.
+``<out>/ratios.jsonl``; ``text`` trains the runs of plain, auto and paper not stored yet (as ``adversarial``), then
+attacks each final student with the text attacks (:mod:`study.text`) into ``<out>/text_attacks.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
 from study.probe import grid_ratios, probe
 from study.report import report
-from study.runner import RUNS, append, execute, quiet, stored
+from study.runner import RUNS, append, execute, finished, quiet, stored
 from study.settings import (
     ADVERSARIAL,
     ADVERSARIAL_BENCH,
@@ -54,13 +57,14 @@ from study.settings import (
     parse_seeds,
     plan,
 )
+from study.text import TEXT, TEXT_EXAMPLES, attack_run, text_plan, text_rows
 
 OUT = Path(__file__).parent / "results" / "study"
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("lr", "study", "probe", "adversarial", "ratios", "report"))
+    parser.add_argument("command", choices=("lr", "study", "probe", "adversarial", "ratios", "text", "report"))
     parser.add_argument("--task", choices=list(TASKS), default="movies")
     parser.add_argument("--settings", default=None,
                         help="comma-separated names of SETTINGS (study) or of ADVERSARIAL (adversarial)")
@@ -77,6 +81,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None,
                         help="ratios: a run's saved final weights (default: the fresh head of step 0)")
     parser.add_argument("--batches", type=int, default=4, help="ratios: how many training batches")
+    parser.add_argument("--examples", type=int, default=TEXT_EXAMPLES, help="text: examples of each test split")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: at least 1")
@@ -86,7 +91,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = arguments(argv)
     if args.command == "report":
-        print(report(stored(args.out)))
+        print(report(stored(args.out), text_rows(args.out)))
         return
     quiet(args.threads)
     bench = QUICK if args.quick else Bench()
@@ -96,6 +101,23 @@ def main(argv: list[str] | None = None) -> None:
             row = grid_ratios(args.task, seed, bench, args.weights, batches=args.batches)
             append(args.out / "ratios.jsonl", row)
             print(json.dumps(row), flush=True)
+        return
+    if args.command == "text":
+        bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH
+        lr, steps = REGIMES[args.task]
+        runs = text_plan(args.task, parse_seeds(args.seeds or ("0" if args.quick else "0-4")), lr,
+                         4 if args.quick else steps)
+        execute(runs, bench, args.out, args.jobs, args.threads)  # the runs not stored yet, with their weights
+        done = {row["key"] for row in text_rows(args.out)}
+        todo = [run for run in runs if f"text-{run.key(bench)}" not in done]
+        print(f"{len(runs)} runs to attack, {len(todo)} to do", flush=True)
+        work = functools.partial(attack_run, bench=bench, out=args.out, examples=args.examples)
+        for number, row in enumerate(finished(work, todo, args.jobs, args.threads), 1):
+            append(args.out / TEXT, row)
+            print(f"[{number}/{len(todo)}] {row['task']} {row['setting']} seed {row['seed']}: "
+                  + ", ".join(f"{s}/{a} {100 * v['accuracy']:.1f}" for s, found in row["splits"].items()
+                              for a, v in found.items()) + f" (reproduced: {row['reproduced']})", flush=True)
+        print(report(stored(args.out), text_rows(args.out)))
         return
     if args.command in ("probe", "adversarial"):
         bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH

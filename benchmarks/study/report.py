@@ -7,10 +7,12 @@ from typing import Any
 from study.robustness import adversarial_report
 from study.settings import TASKS
 from study.tables import lr_choice, study_tables
+from study.text import text_tables
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """Markdown tables: the learning-rate phase, then per task and setting the medians, paired gains and cost."""
+def report(rows: list[dict[str, Any]], text: list[dict[str, Any]] | None = None) -> str:
+    """Markdown tables: the learning-rate phase, then per task and setting the medians, paired gains and cost; with
+    ``text`` (``text_attacks.jsonl``'s rows), the text attacks' tables."""
     lines: list[str] = []
     runs = [r for r in rows if r.get("kind") != "probe"]
     earlier = [r for r in runs if not r.get("bench", {}).get("attack_radii")]
@@ -32,6 +34,7 @@ def report(rows: list[dict[str, Any]]) -> str:
             lines += study_tables(task, [r | {"setting": "plain"} for r in phase
                                          if (r["lr"], r["steps"]) == regime and r["seed"] not in seeds] + mine)
     lines += adversarial_report(rows)
+    lines += text_tables(rows, text or [])
     total = sum(r.get("train_s", 0) + r["eval_s"] for r in rows)
     lines.append(f"{len(runs)} runs and {len(rows) - len(runs)} probes, {total / 3600:.2f} h of compute"
                  f" (each run on {runs[0]['threads']} thread(s)).")

@@ -15,6 +15,7 @@ is stored is not run again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -22,7 +23,7 @@ import multiprocessing
 import shlex
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
@@ -126,9 +127,10 @@ def evaluate(task: SequenceTask, loader: Any) -> dict[str, float]:
     return {"acc": float((preds == y).float().mean()), "bal": sum(recalls) / len(recalls), "majority": majority}
 
 
-def train_one(run: Run, bench: Bench, weights: Path | None = None) -> dict[str, Any]:
+def train_one(run: Run, bench: Bench, weights: Path | None = None, attack: bool = True) -> dict[str, Any]:
     """Compose, train and evaluate one run: one line of ``runs.jsonl``; its final weights saved in ``weights``
-    (a ``save_pretrained`` folder), so that a later metric needs no rerun."""
+    (a ``save_pretrained`` folder), so that a later metric needs no rerun; ``attack=False`` leaves out the
+    embedding-space attack (a rerun for the weights alone)."""
     cfg = compose_run(run, bench)
     task, checked = build_task(cfg, run.seed)
     smart, data = checked.smart, checked.data
@@ -150,12 +152,13 @@ def train_one(run: Run, bench: Bench, weights: Path | None = None) -> dict[str, 
                                for c in task.smart_calibrations]
         row["epsilon"] = task.smart_epsilon
         row["calibration_s"] = round(task.smart_calibration_s, 2)
-    row["splits"] = ["val", *data.test_names] + (["robust"] if cfg.data.num_labels > 1 else [])
+    attack = attack and cfg.data.num_labels > 1
+    row["splits"] = ["val", *data.test_names] + (["robust"] if attack else [])
     row["val"] = evaluate(task, data.val_dataloader())
     tests = data.test_dataloader()
     for name, loader in zip(data.test_names, tests, strict=True):
         row[name] = evaluate(task, loader)
-    if cfg.data.num_labels > 1:
+    if attack:
         row |= attacked(task, tests[0], bench)
     if weights is not None:
         cast(PreTrainedModel, task.model).save_pretrained(weights)
@@ -205,15 +208,17 @@ def stored_run(run: Run, bench: Bench, out: Path) -> dict[str, Any]:
     return train_one(run, bench, out / "weights" / key) | {"key": key, "bench": asdict(bench)}
 
 
-def _finished(todo: list[Run], bench: Bench, out: Path, jobs: int, threads: int | None) -> Iterator[dict[str, Any]]:
-    """The rows of ``todo`` as they finish: in this process, or in ``jobs`` worker processes."""
+def finished(work: Callable[[Run], dict[str, Any]], todo: list[Run], jobs: int, threads: int | None
+             ) -> Iterator[dict[str, Any]]:
+    """``work``'s rows of ``todo`` as they finish: in this process, or in ``jobs`` worker processes (``work`` a
+    module-level function, or a ``functools.partial`` of one, so that it pickles)."""
     if jobs == 1:
-        yield from (stored_run(run, bench, out) for run in todo)
+        yield from map(work, todo)
         return
     # Spawned, not forked: a fork of a process that has run torch's thread pools can hang in its first op.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=quiet, initargs=(threads or 1,)) as pool:
-        futures = [pool.submit(stored_run, run, bench, out) for run in todo]
+        futures = [pool.submit(work, run) for run in todo]
         try:
             yield from (future.result() for future in as_completed(futures))
         finally:  # a failed run (or an interrupt) stops the plan: the runs not started are not started
@@ -238,7 +243,8 @@ def execute(plan: list[Run], bench: Bench, out: Path, jobs: int = 1, threads: in
         if run.key(bench) not in done:
             todo.setdefault(run.key(bench), run)
     print(f"{len(plan)} runs planned, {len(todo)} to do" + (f", {jobs} at a time" if jobs > 1 else ""), flush=True)
-    for number, row in enumerate(_finished(list(todo.values()), bench, out, jobs, threads), 1):
+    work = functools.partial(stored_run, bench=bench, out=out)
+    for number, row in enumerate(finished(work, list(todo.values()), jobs, threads), 1):
         append(out / RUNS, row)
         print(f"[{number}/{len(todo)}] {row['task']} {row['setting']} seed {row['seed']} lr {row['lr']:g}: "
               f"val {headline(row, 'val'):.4f}"

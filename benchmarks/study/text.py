@@ -1,0 +1,163 @@
+"""Does the embedding-space robustness reach real text? The text attacks on the adversarial study's final students.
+
+Each run of :data:`TEXT_SETTINGS` (plain, the adversarial setting with its auto radius, the paper's SMART with its
+teacher) at :data:`~study.settings.REGIMES`' learning rate and steps is attacked by
+:mod:`lightning_smart.text_attack`'s DeepWordBug, Pruthi et al. and random typos, on the same seeded sample of
+:data:`TEXT_EXAMPLES` examples of each of its task's test splits, with the same attack seed for every run, so that the
+settings pair by seed on the very same texts. A run whose final weights are not kept (``<out>/weights/<key>``) is
+trained again first, without its attacks, and must reproduce its stored clean metrics exactly on this machine; the
+row says whether it did. Each attacked run is one line of ``<out>/text_attacks.jsonl``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from lightning_smart.app.stats import bootstrap
+from lightning_smart.text_attack import ATTACKS, classifier, run_attack, sample, scores
+from study.runner import build_task, compose_run, stored, train_one
+from study.settings import ADVERSARIAL, Bench, Run, acting_radii, stored_probe
+
+TEXT_SETTINGS = ("plain", "auto", "paper")
+TEXT_EXAMPLES = 256
+TEXT_SEED = 0
+"""The seed of each split's sample and of the attacks' random characters: the same for every run."""
+TYPO_RATE = 0.1
+TEXT = "text_attacks.jsonl"
+CLEAN = ("val", "curve", "steps_done")
+"""What a retrained run must reproduce of its stored row (with every test split's clean metrics)."""
+
+
+def text_plan(task: str, seeds: list[int], lr: float, steps: int) -> list[Run]:
+    """The runs the text attacks attack: each of :data:`TEXT_SETTINGS` at each seed."""
+    return [Run(task, name, ADVERSARIAL[name], seed, lr, steps) for seed in seeds for name in TEXT_SETTINGS]
+
+
+def final_weights(run: Run, bench: Bench, out: Path) -> tuple[Path, bool | None]:
+    """The run's saved final weights, trained again (without its attacks) where they are not kept, and whether that
+    rerun reproduced the stored run's clean metrics exactly (``None``: nothing was rerun, or nothing was stored)."""
+    key = run.key(bench)
+    folder = out / "weights" / key
+    if (folder / "config.json").is_file():
+        return folder, None
+    row = train_one(run, bench, folder, attack=False)
+    before = next((r for r in stored(out) if r["key"] == key), None)
+    if before is None:
+        return folder, None
+    fields = [*CLEAN, *before["splits"][1:]]
+    return folder, all(row.get(f) == before.get(f) for f in fields if f != "robust")
+
+
+def attack_run(run: Run, bench: Bench, out: Path, examples: int = TEXT_EXAMPLES) -> dict[str, Any]:
+    """One line of ``text_attacks.jsonl``: every attack of :data:`ATTACKS` on a sample of each test split."""
+    start = time.perf_counter()
+    weights, reproduced = final_weights(run, bench, out)
+    train_s = time.perf_counter() - start
+    cfg = compose_run(run, bench)
+    _, checked = build_task(cfg, run.seed)
+    splits = checked.data.load()
+    model = AutoModelForSequenceClassification.from_pretrained(str(weights))
+    predict = classifier(model, checked.data.tokenizer, max_length=cfg.data.max_length)
+    row: dict[str, Any] = {"key": f"text-{run.key(bench)}", "of": run.key(bench), "task": run.task,
+                           "setting": run.setting, "seed": run.seed, "examples": examples, "attack_seed": TEXT_SEED,
+                           "typo_rate": TYPO_RATE, "reproduced": reproduced, "splits": {}, "seconds": {}}
+    for name, data in splits.test.items():
+        chosen = sample(len(data), examples, TEXT_SEED)
+        texts, labels = [data.texts[i] for i in chosen], [int(data.labels[i]) for i in chosen]
+        row["splits"][name] = {}
+        for attack in ATTACKS:
+            began = time.perf_counter()
+            found = scores(run_attack(attack, predict, texts, labels, seed=TEXT_SEED, typo_rate=TYPO_RATE))
+            row["splits"][name][attack] = asdict(found)
+            row["seconds"][f"{name}/{attack}"] = round(time.perf_counter() - began, 1)
+    row |= {"retrain_s": round(train_s, 1), "threads": torch.get_num_threads()}
+    return row
+
+
+def text_rows(out: Path) -> list[dict[str, Any]]:
+    """The stored rows of ``<out>/text_attacks.jsonl``, each key once (the first)."""
+    path = out / TEXT
+    found: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip():
+            row = json.loads(line)
+            found.setdefault(row["key"], row)
+    return list(found.values())
+
+
+def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> list[str]:
+    """Per task: accuracy under each text attack, paired by seed with plain (points, bootstrap 95% interval), beside
+    the same runs' clean accuracy, PGD robust accuracy at the task's ε_strong and out-of-domain accuracy; then what
+    each setting's embedding-space gain becomes on real text."""
+    lines: list[str] = []
+    by_key = {r["key"]: r for r in runs}
+    for task in dict.fromkeys(r["task"] for r in attacked):
+        mine = [r for r in attacked if r["task"] == task and r["of"] in by_key]
+        plain = {r["seed"]: r for r in mine if r["setting"] == "plain"}
+        if not plain:
+            continue
+        strong = acting_radii(probe)[1] if (probe := stored_probe(runs, task)) else None
+        splits = list(mine[0]["splits"])
+        lines += [f"### {task}: the final students under text attacks ({mine[0]['examples']} examples of each test"
+                  f" split; DeepWordBug, Pruthi et al., typos at rate {mine[0]['typo_rate']:g})", "",
+                  "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", ""]
+        columns = [("clean", lambda r, s=splits[0]: by_key[r["of"]][s]["acc"])]
+        if strong is not None:
+            columns.append((f"PGD r = {strong:g}", functools.partial(_pgd, by_key, strong)))
+        columns += [(f"{s} {a}", lambda r, s=s, a=a: r["splits"][s][a]["accuracy"]) for s in splits for a in ATTACKS]
+        columns += [(f"{s} (clean, out of domain)", lambda r, s=s: by_key[r["of"]][s]["acc"])
+                    for s in by_key[mine[0]["of"]]["splits"] if s in ("tweets", "amazon", "nyt")]
+        lines += ["| setting | seeds | " + " | ".join(name for name, _ in columns) + " |",
+                  "|---" * (len(columns) + 2) + "|"]
+        verdicts = []
+        for setting in TEXT_SETTINGS[1:]:
+            rows = [r for r in mine if r["setting"] == setting and r["seed"] in plain]
+            if not rows:
+                continue
+            cells = {name: bootstrap([100 * (score(r) - score(plain[r["seed"]])) for r in rows])
+                     for name, score in columns}
+            lines.append(f"| {setting} | {len(rows)} | " + " | ".join(
+                f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" for m, lo, hi in cells.values()) + " |")
+            verdicts.append(f"- {setting}: " + _verdict(cells, strong, splits))
+        plain_rows = list(plain.values())
+        lines += ["", "plain, mean accuracy under attack (%): " + ", ".join(
+            f"{s} {a} {sum(100 * r['splits'][s][a]['accuracy'] for r in plain_rows) / len(plain_rows):.1f}"
+            for s in splits for a in ATTACKS), "", *verdicts, ""]
+        stale = [r for r in mine if r["reproduced"] is False]
+        if stale:
+            lines += [f"Warning: {len(stale)} retrained run(s) did not reproduce their stored clean metrics.", ""]
+    return lines
+
+
+def _pgd(by_key: dict[str, dict[str, Any]], radius: float, row: dict[str, Any]) -> float:
+    grid = by_key[row["of"]]["robust_radii"]
+    return grid["acc"][next(i for i, x in enumerate(grid["radii"]) if math.isclose(x, radius))]
+
+
+def _verdict(cells: dict[str, tuple[float, float, float]], strong: float | None, splits: list[str]) -> str:
+    """Whether the setting's gain under PGD is matched under each text attack (an interval above 0), said no
+    stronger than the intervals."""
+    said = []
+    pgd = next((v for k, v in cells.items() if k.startswith("PGD")), None)
+    if pgd is not None:
+        said.append(f"PGD at {strong:g}: {pgd[0]:+.1f} [{pgd[1]:+.1f}, {pgd[2]:+.1f}]"
+                    + (" (a gain)" if pgd[1] > 0 else " (no gain shown)"))
+    for split in splits:
+        for attack in ATTACKS:
+            m, lo, hi = cells[f"{split} {attack}"]
+            kind = "a gain" if lo > 0 else "a loss" if hi < 0 else "no difference shown"
+            said.append(f"{split} {attack} {m:+.1f} [{lo:+.1f}, {hi:+.1f}] ({kind})")
+    matched = all(cells[f"{s} {a}"][1] > 0 for s in splits for a in ATTACKS)
+    if pgd is not None and pgd[1] > 0:
+        said.append("its embedding-space gain **is matched** under every text attack" if matched else
+                    "its embedding-space gain is **not matched** under the text attacks")
+    return "; ".join(said) + "."

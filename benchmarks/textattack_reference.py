@@ -1,0 +1,180 @@
+"""Our text attacks against TextAttack's own recipes, on the same exported model and the same examples.
+
+:mod:`lightning_smart.text_attack` implements TextAttack's ``DeepWordBugGao2018`` and ``Pruthi2019`` because TextAttack
+cannot share our environment (it imports flair, which needs transformers < 5, and reads NLTK's stopword corpus at
+import). This script runs both implementations on one exported model (a ``save_pretrained`` folder) and one seeded
+sample of a task's test split, and prints, side by side, the accuracy under attack, the attack success rate, the words
+perturbed, the queries and the seconds per example. Both draw random characters, each from its own generator, so
+they agree statistically, not example by example: the script also prints the difference of the accuracies under
+attack with a 95% interval (the two attacks are run on the same examples: the interval is over examples, paired).
+
+TextAttack runs in an environment of its own, offline, where this script starts it as a subprocess::
+
+    PY=$(../shared/textattack/make_venv.sh /tmp/textattack-venv)   # once: transformers 4.57, NLTK's stopwords
+    python benchmarks/textattack_reference.py --textattack-python $PY --model outputs/.../model --task movies \\
+        --examples 200 --out benchmarks/results/textattack/movies.json
+
+``--model`` defaults to the study's stored final weights of plain fine-tuning, seed 0, of the task; ``--threads``
+gives both implementations the same number of torch threads (1 by default), so that their times compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RECIPES = {"deepwordbug": "DeepWordBugGao2018", "pruthi": "Pruthi2019"}
+
+
+def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run in TextAttack's environment: each recipe on the examples; what each result says, example by example."""
+    import textattack
+    import torch
+    from textattack.attack_recipes import DeepWordBugGao2018, Pruthi2019
+    from textattack.attack_results import FailedAttackResult, SkippedAttackResult, SuccessfulAttackResult
+    from textattack.models.wrappers import HuggingFaceModelWrapper
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(spec["threads"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    tokenizer.model_max_length = spec["max_length"]
+    wrapper = HuggingFaceModelWrapper(model, tokenizer)
+    dataset = textattack.datasets.Dataset(list(zip(spec["texts"], spec["labels"], strict=True)))
+    found: dict[str, Any] = {}
+    for name in spec["recipes"]:
+        recipe = {"deepwordbug": DeepWordBugGao2018, "pruthi": Pruthi2019}[name]
+        random.seed(spec["seed"])
+        args = textattack.AttackArgs(num_examples=len(dataset), random_seed=spec["seed"], silent=True,
+                                     disable_stdout=True, query_budget=None)
+        start = time.perf_counter()
+        results = textattack.Attacker(recipe.build(wrapper), dataset, args).attack_dataset()
+        seconds = time.perf_counter() - start
+        rows = []
+        for result in results:
+            status = ("succeeded" if isinstance(result, SuccessfulAttackResult) else
+                      "skipped" if isinstance(result, SkippedAttackResult) else
+                      "failed" if isinstance(result, FailedAttackResult) else type(result).__name__)
+            original, perturbed = result.original_result.attacked_text, result.perturbed_result.attacked_text
+            changed = len(original.all_words_diff(perturbed)) if status == "succeeded" else 0
+            rows.append({"status": status, "queries": result.perturbed_result.num_queries,
+                         "words_perturbed": 100.0 * changed / max(len(original.words), 1),
+                         "text": perturbed.text})
+        found[name] = {"results": rows, "seconds": seconds}
+    return found
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy under attack, success rate, words perturbed (%, over successes) and queries (per example first
+    right), as TextAttack reports them."""
+    attacked = [r for r in rows if r["status"] != "skipped"]
+    succeeded = [r for r in attacked if r["status"] == "succeeded"]
+    return {"accuracy": (len(attacked) - len(succeeded)) / len(rows),
+            "success_rate": len(succeeded) / max(len(attacked), 1),
+            "words_perturbed": sum(r["words_perturbed"] for r in succeeded) / max(len(succeeded), 1),
+            "queries": sum(r["queries"] for r in attacked) / max(len(attacked), 1)}
+
+
+def paired_interval(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], resamples: int = 10_000
+                    ) -> tuple[float, float, float]:
+    """The difference of the accuracies under attack (ours − TextAttack's, points) and its bootstrap 95% interval
+    over the examples, paired."""
+    pairs = [(r["status"] == "failed", t["status"] == "failed") for r, t in zip(ours, theirs, strict=True)]
+    diff = [100.0 * (a - b) for a, b in pairs]
+    rng = random.Random(0)
+    means = sorted(sum(rng.choices(diff, k=len(diff))) / len(diff) for _ in range(resamples))
+    return sum(diff) / len(diff), means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def our_side(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The examples (the study's sample of the task's first test split) and our attacks' results on them."""
+    import torch
+    from study.runner import build_task, compose_run, quiet
+    from study.settings import ADVERSARIAL, ADVERSARIAL_BENCH, REGIMES, Run
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_smart.text_attack import classifier, run_attack, sample
+
+    quiet(args.threads)
+    lr, steps = REGIMES[args.task]
+    run = Run(args.task, "plain", ADVERSARIAL["plain"], 0, lr, steps)
+    model_dir = args.model or Path(__file__).parent / "results" / "study" / "weights" / run.key(ADVERSARIAL_BENCH)
+    if not (Path(model_dir) / "config.json").is_file():
+        raise SystemExit(f"--model {model_dir}: no save_pretrained folder there; train it first (quality.py text"
+                         f" --task {args.task} --seeds 0) or name an exported model/ folder")
+    cfg = compose_run(run, ADVERSARIAL_BENCH)
+    _, checked = build_task(cfg, 0)
+    split, data = next(iter(checked.data.load().test.items()))
+    chosen = sample(len(data), args.examples, args.seed)
+    spec = {"model": str(model_dir), "tokenizer": str(cfg.data.tokenizer), "max_length": int(cfg.data.max_length),
+            "texts": [data.texts[i] for i in chosen], "labels": [int(data.labels[i]) for i in chosen],
+            "seed": args.seed, "threads": args.threads, "recipes": list(RECIPES), "split": split}
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    predict = classifier(model, checked.data.tokenizer, max_length=spec["max_length"])
+    found: dict[str, Any] = {}
+    for name in RECIPES:
+        start = time.perf_counter()
+        with torch.no_grad():
+            results = run_attack(name, predict, spec["texts"], spec["labels"], seed=args.seed)
+        seconds = time.perf_counter() - start
+        found[name] = {"seconds": seconds, "results": [
+            {"status": r.status, "queries": r.queries, "words_perturbed": r.words_perturbed if r.status == "succeeded"
+             else 0.0, "text": r.text} for r in results]}
+    return spec, found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--textattack-python", help="the python of TextAttack's environment (make_venv.sh prints it)")
+    parser.add_argument("--task", choices=("trec", "movies"), default="movies")
+    parser.add_argument("--model", type=Path, default=None, help="an exported save_pretrained folder")
+    parser.add_argument("--examples", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="a JSON file for both sides' results")
+    parser.add_argument("--textattack-side", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.textattack_side is not None:  # inside TextAttack's environment: read the spec, write the results
+        spec = json.loads(args.textattack_side.read_text())
+        args.textattack_side.with_suffix(".out.json").write_text(json.dumps(textattack_side(spec)))
+        return
+    if not args.textattack_python:
+        parser.error("--textattack-python is required: PY=$(../shared/textattack/make_venv.sh) builds the environment")
+    spec, ours = our_side(args)
+    exchange = Path(os.environ.get("TMPDIR", "/tmp")) / f"textattack-spec-{os.getpid()}.json"
+    exchange.write_text(json.dumps(spec))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run([args.textattack_python, __file__, "--textattack-side", str(exchange)], check=True, env=env)
+    theirs = json.loads(exchange.with_suffix(".out.json").read_text())
+    lines = [f"{args.task}, split {spec['split']}: {len(spec['texts'])} examples (seed {args.seed}), model"
+             f" {spec['model']}, {args.threads} torch thread(s) each", "",
+             "| recipe | implementation | accuracy under attack | success rate | words perturbed (%) | queries |"
+             " s / example |", "|---|---|---|---|---|---|---|"]
+    for name in RECIPES:
+        for who, side in (("lightning_smart", ours), ("TextAttack", theirs)):
+            s = summarize(side[name]["results"])
+            lines.append(f"| {RECIPES[name]} | {who} | {100 * s['accuracy']:.1f} | {100 * s['success_rate']:.1f} |"
+                         f" {s['words_perturbed']:.1f} | {s['queries']:.1f} |"
+                         f" {side[name]['seconds'] / len(spec['texts']):.3f} |")
+    lines.append("")
+    for name in RECIPES:
+        m, lo, hi = paired_interval(ours[name]["results"], theirs[name]["results"])
+        ratio = ours[name]["seconds"] / theirs[name]["seconds"]
+        lines.append(f"{RECIPES[name]}: accuracy under attack, ours − TextAttack's: {m:+.1f} points [{lo:+.1f},"
+                     f" {hi:+.1f}] (paired bootstrap over examples); our time per example {ratio:.3f}× TextAttack's")
+    print("\n".join(lines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"spec": spec, "ours": ours, "textattack": theirs, "table": lines}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # the study package beside this script
+    main()
