@@ -175,7 +175,10 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
                         peak_memory=memory.read(), robust=robust.summary(),
                         test_teacher={k: v for k, v in test_teacher.items() if v})
     if trainer.is_global_zero:
+        from lightning_smart.app.model_card import write_model_cards
+
         write_json(out / "summary.json", summary)
+        write_model_cards(out, summary)  # the final metrics, in the exported folders' README.md
         print_summary(summary, out / "summary.json")
     return summary
 
