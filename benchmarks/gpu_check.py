@@ -28,10 +28,14 @@ SMART with each ``smart.perturbed_precision``, ``relative_shared``, lazy k = 4);
 vocabulary-sized ℓs). Each row is timed and measured as ``step_cost.py`` does (``step_cost.fit_steps``: a Lightning
 fit, the settings taking turns; on a GPU the clock waits for the device, the memory is CUDA's peak allocated bytes),
 eagerly and with each transformer block compiled (:func:`compile_blocks`; the ``graphs`` column: how many graphs
-Dynamo compiled during the row's fits, its recompiles included). The sharded step: SMART with the teacher under
-FSDP2 (``ModelParallelStrategy`` over every GPU) and under DDP on the Llama (``fsdp_memory.py``'s fit). The eager
-rows run first, then the sharded step, then the compiled rows, until ``--budget`` seconds have passed; a row left
-out says so.
+Dynamo compiled during the row's fits, its recompiles included). The TF32 rows (eager) train in 32-bit with float32
+matrix products in TF32 (``torch.set_float32_matmul_precision('high')``, as Lightning advises on tensor-core GPUs):
+plain; full SMART, whose regularized passes take full-precision matrix products (the paper's ε is below TF32's
+spacing); the same with ``perturbed_precision=autocast``, its passes in TF32 and δ rounded away, so the difference
+between the two is what the full-precision passes cost; ``relative_shared``, whose radius TF32 resolves; the Llama
+its two rows. The sharded step: SMART with the teacher under FSDP2 (``ModelParallelStrategy`` over every GPU) and
+under DDP on the Llama (``fsdp_memory.py``'s fit). The eager rows run first, then the sharded step, then the TF32
+rows (eager), then the compiled rows, until ``--budget`` seconds have passed; a row left out says so.
 
 Output: the printed lines in ``<out>/gpu_check.txt``, each row as JSON in ``<out>/rows.jsonl``, and the sharded
 ranks' figures in ``<out>/sharded/``.
@@ -48,6 +52,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +64,10 @@ NEEDED = {"hydra": "hydra-core", "omegaconf": "omegaconf", "antlr4": "antlr4-pyt
           "torchdata": "torchdata"}
 """Module → distribution: what the check imports beyond torch, lightning, transformers, torchmetrics and peft."""
 BF16 = "bf16-mixed"
+TF32 = "32-true+tf32"
+"""The TF32 rows' precision: ``32-true`` with ``torch.set_float32_matmul_precision('high')``."""
+TF32_ROWS = ("plain", "SMART full (K=1)", "full, policy autocast", "relative_shared full")
+"""``step_cost.ROWS``' settings that the encoders take in :data:`TF32`."""
 
 
 def install_from_wheels(wheels: Path = WHEELS) -> list[str]:
@@ -111,14 +121,34 @@ class Plan:
     deadline: float
 
 
-def settings_for(model: str) -> dict[str, tuple[str, ...]]:
-    """``step_cost.py``'s bf16-mixed rows for an encoder, its causal-LM rows for Llama: name → overrides."""
+def settings_for(model: str, precision: str = BF16) -> dict[str, tuple[str, ...]]:
+    """``step_cost.py``'s bf16-mixed rows (in :data:`TF32`: :data:`TF32_ROWS`) for an encoder, its causal-LM rows
+    for Llama: name → overrides."""
     import step_cost
     from fsdp_memory import MODELS
 
     if MODELS[model][0] == "llama":
         return dict(step_cost.CAUSAL_ROWS)
+    if precision == TF32:
+        return {name: step_cost.ROWS[name][0] for name in TF32_ROWS}
     return {name: overrides for name, (overrides, precisions) in step_cost.ROWS.items() if BF16 in precisions}
+
+
+@contextmanager
+def float32_matmuls(precision: str) -> Iterator[None]:
+    """In :data:`TF32`, float32 matrix products in TF32 (``torch.set_float32_matmul_precision('high')``), the
+    setting restored after; else as it is."""
+    import torch
+
+    if precision != TF32:
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def compiled_graphs() -> int:
@@ -145,16 +175,16 @@ def compile_blocks(model: Any) -> int:
     return len(blocks)
 
 
-def run_group(model: str, mode: str, plan: Plan, emit: Any) -> list[Row]:
-    """Every setting of ``model`` in ``mode``, taking turns as ``step_cost.py``'s rows do: a first round measures
-    memory and warms up (compiles) where ``plan.warmup``, then ``plan.rounds`` timed rounds; settings not reached in
-    time are left out."""
+def run_group(model: str, mode: str, plan: Plan, emit: Any, precision: str = BF16) -> list[Row]:
+    """Every setting of ``model`` in ``mode`` and ``precision``, taking turns as ``step_cost.py``'s rows do: a first
+    round measures memory and warms up (compiles) where ``plan.warmup``, then ``plan.rounds`` timed rounds; settings
+    not reached in time are left out."""
     import step_cost
     import torch
     from fsdp_memory import random_batches, random_task
 
-    settings = settings_for(model)
-    rows = [Row(model, mode, name, BF16) for name in settings]
+    settings = settings_for(model, precision)
+    rows = [Row(model, mode, name, precision) for name in settings]
     if time.monotonic() > plan.deadline:
         for row in rows:
             emit(format_row(row, None))
@@ -171,6 +201,7 @@ def run_group(model: str, mode: str, plan: Plan, emit: Any) -> list[Row]:
         tasks[name] = random_task(model, smart, device)
         if mode == "compile":
             compile_blocks(tasks[name].model)
+    trainer_precision = step_cost.FP32 if precision == TF32 else precision
     for round_ in range(0 if plan.warmup else 1, plan.rounds + 1):
         for row in rows:
             if time.monotonic() > plan.deadline:
@@ -179,8 +210,9 @@ def run_group(model: str, mode: str, plan: Plan, emit: Any) -> list[Row]:
             lazy = smart.every_n_steps > 1
             steps = 2 if round_ == 0 else (step_cost.LAZY if lazy else plan.timed) + 1
             before = compiled_graphs()
-            meter = step_cost.fit_steps(tasks[row.setting], teacher, BF16, batches, steps,
-                                        measure_memory=round_ == 0 and not lazy, accelerator=plan.accelerator)
+            with float32_matmuls(precision):
+                meter = step_cost.fit_steps(tasks[row.setting], teacher, trainer_precision, batches, steps,
+                                            measure_memory=round_ == 0 and not lazy, accelerator=plan.accelerator)
             row.graphs += compiled_graphs() - before
             if round_ > 0 and meter.times:
                 row.times += [statistics.fmean(meter.times)] if lazy else meter.times
@@ -197,13 +229,13 @@ def run_group(model: str, mode: str, plan: Plan, emit: Any) -> list[Row]:
     return rows
 
 
-HEADER = (f"{'model':<14} {'mode':<8} {'setting':<26} {'precision':<11} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
+HEADER = (f"{'model':<14} {'mode':<8} {'setting':<26} {'precision':<12} {'s/step':>7} {'IQR':>13} {'× plain':>7}"
           f" {'peak MiB':>9} {'× plain':>7} {'passes':>6} {'graphs':>6}")
 
 
 def format_row(row: Row, plain: Row | None) -> str:
     """A row as ``step_cost.py`` prints its own (× plain: the same model, mode and precision), or why it is absent."""
-    head = f"{row.model:<14} {row.mode:<8} {row.setting:<26} {row.precision:<11}"
+    head = f"{row.model:<14} {row.mode:<8} {row.setting:<26} {row.precision:<12}"
     if not row.done:
         return f"{head} not run: the time budget was spent"
     median = row.median()
@@ -295,6 +327,9 @@ def main() -> None:
     for model in plan.models:
         rows += run_group(model, "eager", plan, emit)
     sharded = sharded_step(plan, args.out / "sharded", emit)
+    emit(f"\n{TF32}: 32-true, float32 matrix products in TF32; SMART's passes at full precision where ε needs it")
+    for model in plan.models:
+        rows += run_group(model, "eager", plan, emit, TF32)
     if "compile" in plan.modes:
         emit("")
         for model in plan.models:

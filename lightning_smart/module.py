@@ -108,8 +108,9 @@ class SmartLightningModule(SmartOverrides):
         return self._smart_radius if self.smart.auto else float(self.smart.epsilon)
 
     @property
-    def _smart_fp32(self) -> tuple[tuple[bool, torch.dtype], bool] | None:
-        """The precision policy's decision: (the autocast it was made under, whether the passes run in fp32)."""
+    def _smart_fp32(self) -> tuple[tuple[torch.dtype | None, str], precision.Decision] | None:
+        """The precision policy's decision: ((the autocast dtype, the float32 matmul precision) it was made under, where
+        the passes run)."""
         return self._smart_precision.decided
 
     # -- the step -----------------------------------------------------------------------------
@@ -117,6 +118,12 @@ class SmartLightningModule(SmartOverrides):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """The SMART step: :meth:`smart_loss`, returned to Lightning's automatic optimization."""
         return self.smart_loss(batch, batch_idx)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Lightning's backward; after a step whose regularized passes took full-precision float32 matrix products,
+        with them too (:meth:`lightning_smart.precision.PrecisionPolicy.backward_context`)."""
+        with self._smart_precision.backward_context(self):
+            super().backward(loss, *args, **kwargs)  # type: ignore[misc]
 
     def smart_loss(self, batch: Any, batch_idx: int) -> Tensor:
         """F = L + λs·R_s + μ·D on ``batch`` (steps 1–6 of ``docs/algorithm.md``), ``train/*`` and ``smart/*`` logged.
@@ -129,6 +136,7 @@ class SmartLightningModule(SmartOverrides):
                 return loss
         """
         self._smart_loss_calls += 1
+        self._smart_precision.backward_full = False  # a plain step's backward runs as training runs
         if not self._smart_modes_checked:  # at the first training step: the modes the fit really trains in
             self._smart_modes_checked = True
             self._smart_check_modes()
@@ -150,6 +158,7 @@ class SmartLightningModule(SmartOverrides):
             self._smart_choose_precision(batch, site)
         with self._smart_precision.context(self):
             loss, logs = self._smart_regularized(batch, batch_idx, site, step, adversarial)
+        self._smart_precision.backward_full = self._smart_precision.in_force(self).full_matmuls
         self._smart_log(logs)
         return loss
 
@@ -233,9 +242,9 @@ class SmartLightningModule(SmartOverrides):
         return delta, scale, finite
 
     def smart_precision(self) -> AbstractContextManager[Any]:
-        """Where the regularized step's passes run: autocast turned off when ``smart.perturbed_precision`` (or
-        ``auto``'s choice at the first regularized step) is fp32 under a training autocast; else as training runs
-        (:class:`lightning_smart.precision.PrecisionPolicy`)."""
+        """Where the regularized step's passes run: autocast turned off and float32 matrix products at full precision
+        where ``smart.perturbed_precision`` (or ``auto``'s choice at the first regularized step) has them; else as
+        training runs (:class:`lightning_smart.precision.PrecisionPolicy`)."""
         return self._smart_precision.context(self)
 
     def smart_probe(self, batch: Any, batch_idx: int = 0) -> dict[str, float]:
@@ -251,7 +260,7 @@ class SmartLightningModule(SmartOverrides):
     # -- helpers ------------------------------------------------------------------------------
 
     def _smart_choose_precision(self, batch: Any, site: nn.Module) -> None:
-        """Under a training autocast, once per compute dtype: does it resolve the radius at the perturbed point?"""
+        """Once per autocast dtype and float32 matmul precision: do they resolve the radius at the perturbed point?"""
         self._smart_warn(self._smart_precision.choose(self, batch, site))
 
     def _smart_check_modes(self) -> None:

@@ -423,17 +423,22 @@ def test_fsdp_memory_quick_prints_every_rank_and_each_holds_half_the_teacher(tmp
 
 @pytest.mark.slow
 def test_gpu_check_tiny_prints_every_row_and_the_sharded_step_and_writes_its_files(tmp_path: Path) -> None:
-    step_cost = load_benchmark("step_cost")
+    step_cost, gpu_check = load_benchmark("step_cost"), load_benchmark("gpu_check")
     text = run_script("gpu_check.py", "--tiny", "--budget", "1800", "--out", str(tmp_path), timeout=900)
     lines = text.strip().splitlines()
     encoder = [name for name, (_, precisions) in step_cost.ROWS.items() if step_cost.BF16 in precisions]
-    expected = {(model, name) for model in ("tiny-bert", "tiny-roberta") for name in encoder}
-    expected |= {("tiny-llama", name) for name in step_cost.CAUSAL_ROWS}
+    expected = {(model, name, step_cost.BF16) for model in ("tiny-bert", "tiny-roberta") for name in encoder}
+    expected |= {("tiny-llama", name, step_cost.BF16) for name in step_cost.CAUSAL_ROWS}
+    # The TF32 rows: 32-bit, float32 matrix products in TF32 (on a CPU the setting only, which SMART still reads).
+    tf32 = gpu_check.TF32
+    expected |= {(model, name, tf32) for model in ("tiny-bert", "tiny-roberta") for name in gpu_check.TF32_ROWS}
+    expected |= {("tiny-llama", name, tf32) for name in step_cost.CAUSAL_ROWS}
     rows = {}
     for line in lines:
-        found = re.fullmatch(r"(tiny-\w+)\s+eager\s+(.+?)\s+bf16-mixed\s+(\d+\.\d{3})\s+.*\s(\d+\.\d{2})\s+0", line)
+        found = re.fullmatch(r"(tiny-\w+)\s+eager\s+(.+?)\s+(bf16-mixed|32-true\+tf32)\s+(\d+\.\d{3})\s+.*"
+                             r"\s(\d+\.\d{2})\s+0", line)
         if found:
-            rows[found[1], found[2]] = float(found[4])
+            rows[found[1], found[2], found[3]] = float(found[5])
     assert set(rows) == expected, text
     # What each step does, counted (passes through the encoder or decoder per timed step, as step_cost.py's test).
     passes = {"plain": 1, "SMART full (K=1)": 4, "lazy k=4 (full K=1)": 1.75, "full, policy fp32": 4,
@@ -442,10 +447,11 @@ def test_gpu_check_tiny_prints_every_row_and_the_sharded_step_and_writes_its_fil
     assert rows == {key: passes[key[1]] for key in rows}
     assert re.search(r"^fsdp\s+0\s+\d+\.\d\s+1\.000\s", text, re.MULTILINE)  # one process: it holds all of θ̃
     assert re.search(r"^teacher_per_rank_vs_single=1\.000$", text, re.MULTILINE)
-    assert lines[-1].startswith("rows measured: 14 of 14; sharded step: measured;")
+    assert lines[-1].startswith("rows measured: 24 of 24; sharded step: measured;")
     assert (tmp_path / "gpu_check.txt").read_text().splitlines() == lines
     stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert {(row["model"], row["setting"]) for row in stored} == expected and all(row["done"] for row in stored)
+    assert {(row["model"], row["setting"], row["precision"]) for row in stored} == expected
+    assert all(row["done"] for row in stored)
     sharded = json.loads((tmp_path / "sharded" / "fsdp_rank0.json").read_text())
     assert sharded["sharded"] and sharded["steps"] == 2
 

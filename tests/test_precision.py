@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from lightning_smart import ConfigError, SmartConfig
 from lightning_smart.perturbation import captured, sample_noise
+from lightning_smart.precision import full_precision_matmuls, matmul_precision
 from lightning_smart.tasks import SequenceTask
+from tests.helpers.models import trainer
 
 
 def ascent_direction(task: SequenceTask, batch: dict, autocast: bool) -> torch.Tensor:
@@ -62,7 +66,7 @@ def probe_under_bf16(minilm_path: str, batch: dict, policy: str, **smart: Any) -
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = task.smart_probe(batch)["perturbation_kl"]
     assert task._smart_fp32 is not None
-    return fp32, mixed, task._smart_fp32[1]
+    return fp32, mixed, task._smart_fp32[1].fp32
 
 
 def test_auto_runs_the_papers_perturbed_passes_in_fp32_so_bf16_training_sees_delta(
@@ -158,3 +162,166 @@ def test_a_model_computing_in_bf16_without_autocast_refuses_fp32_and_warns_with_
         " MixedPrecisionPolicy), so no pass can run in fp32. Remedy: float32 weights with trainer.precision=bf16-mixed"
         " (autocast; fully_shard without mp_policy), or smart.epsilon_scale=relative with smart.epsilon ≥ 1.6e-02."
     )
+
+
+
+BACKENDS = torch.backends
+SWITCHES = (BACKENDS, BACKENDS.cuda.matmul, BACKENDS.cudnn, BACKENDS.cudnn.conv, BACKENDS.cudnn.rnn,
+            BACKENDS.mkldnn, BACKENDS.mkldnn.matmul, BACKENDS.mkldnn.conv, BACKENDS.mkldnn.rnn)
+"""torch's float32 precision switches, each parent before its children (setting a parent sets its children)."""
+
+
+def matmul_switches() -> tuple:
+    """The legacy setting (``None`` where torch refuses to read it: the two APIs mixed) and every switch's value."""
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        legacy = None
+    return legacy, tuple(switch.fp32_precision for switch in SWITCHES)
+
+
+def set_switch(switch: str, value: Any) -> None:
+    """``torch.set_float32_matmul_precision(value)``, or ``torch.backends.<switch> = value``."""
+    if switch == "set_float32_matmul_precision":
+        torch.set_float32_matmul_precision(value)
+        return
+    *parents, name = switch.split(".")
+    owner: Any = BACKENDS
+    for parent in parents:
+        owner = getattr(owner, parent)
+    setattr(owner, name, value)
+
+
+@pytest.fixture
+def restore_matmul_precision() -> Iterator[None]:
+    """Every float32 precision switch as the test found it, after it."""
+    legacy, values = matmul_switches()
+    yield
+    torch.set_float32_matmul_precision(legacy or "highest")
+    for switch, value in zip(SWITCHES, values, strict=True):
+        switch.fp32_precision = value
+
+
+@pytest.mark.parametrize(("switch", "value", "expected"), [
+    ("set_float32_matmul_precision", "highest", {"cpu": "ieee", "cuda": "ieee"}),
+    ("set_float32_matmul_precision", "high", {"cpu": "tf32", "cuda": "tf32"}),
+    ("set_float32_matmul_precision", "medium", {"cpu": "bf16", "cuda": "tf32"}),  # cuBLAS has TF32, oneDNN bf16
+    ("cuda.matmul.allow_tf32", True, {"cpu": "ieee", "cuda": "tf32"}),
+    ("cuda.matmul.fp32_precision", "tf32", {"cpu": "ieee", "cuda": "tf32"}),  # the legacy getter refuses: APIs mixed
+    ("mkldnn.fp32_precision", "bf16", {"cpu": "bf16", "cuda": "ieee"}),  # the backend's switch: its matmul's too
+])
+def test_matmul_precision_reads_each_switch_and_full_precision_matmuls_restores_every_one(
+        switch: str, value: Any, expected: dict[str, str], restore_matmul_precision: None) -> None:
+    set_switch(switch, value)
+    assert {device: matmul_precision(device) for device in expected} == expected
+    for device in expected:
+        before = matmul_switches()
+        with full_precision_matmuls(device):
+            assert matmul_precision(device) == "ieee"
+            if expected[device] == "ieee":
+                assert matmul_switches() == before  # nothing to do, nothing touched
+            elif before[0] is not None:  # the legacy setting, where it was readable, agrees inside
+                assert torch.get_float32_matmul_precision() == "highest"
+        assert matmul_switches() == before
+
+
+def passes_of_a_step(task: SequenceTask, batch: dict, autocast: bool) -> tuple[list[tuple[bool, str]], str]:
+    """(under autocast, the float32 matmul precision) of each pass through the model in one training step, and the
+    matmul precision its backward ran in (read as the word embeddings' gradient arrives: the model's last)."""
+    seen: list[tuple[bool, str]] = []
+    backward: list[str] = []
+    pre = task.model.register_forward_pre_hook(
+        lambda *_: seen.append((torch.is_autocast_enabled("cpu"), matmul_precision("cpu"))))
+    post = task.model.get_input_embeddings().weight.register_hook(lambda _: backward.append(matmul_precision("cpu")))
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = task.training_step(batch, 0)
+        task.backward(loss)
+    finally:
+        pre.remove()
+        post.remove()
+    return seen, backward[-1]
+
+
+IN_FORCE = {"highest": "ieee", "high": "tf32", "medium": "bf16"}  # on CPU: oneDNN's float32 matmuls
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["32-true", "bf16-mixed"])
+def test_auto_gives_full_precision_matmuls_to_the_passes_where_only_full_fp32_resolves_the_radius(
+        minilm_path: str, minilm_batch: dict, autocast: bool, restore_matmul_precision: None) -> None:
+    """The decision and the precision each pass of a step and its backward run in, for each float32 matmul
+    precision: the paper's ε (1e-5, absolute) is resolved by full fp32 only, the relative preset's (0.01 of the token
+    RMS) by TF32 and bf16 (measured: 11× and 1.4× twice their spacing)."""
+    found = {}
+    for preset, smart in {"paper": {}, "relative": RELATIVE}.items():
+        task = SequenceTask(minilm_path, num_labels=2, model_overrides={"num_hidden_layers": 1},
+                            smart=SmartConfig(probe=False, **smart))
+        for setting, in_force in IN_FORCE.items():  # one task: it decides again when the precision changes
+            torch.set_float32_matmul_precision(setting)
+            passes, backward = passes_of_a_step(task, minilm_batch, autocast)
+            assert matmul_precision("cpu") == in_force  # restored after the step and its backward
+            decided = task._smart_fp32
+            found[preset, setting] = None if decided is None else tuple(decided[1]), passes, backward
+    # Each step: the decision's forward (where it decides), then the clean, ascent and perturbed passes; last, the
+    # step's backward, at full precision where the passes were.
+    if autocast:
+        assert found == {
+            ("paper", "highest"): ((True, False), [(True, "ieee")] + [(False, "ieee")] * 3, "ieee"),
+            ("paper", "high"): ((True, True), [(True, "tf32")] + [(False, "ieee")] * 3, "ieee"),
+            ("paper", "medium"): ((True, True), [(True, "bf16")] + [(False, "ieee")] * 3, "ieee"),
+            ("relative", "highest"): ((False, False), [(True, "ieee")] * 4, "ieee"),
+            ("relative", "high"): ((False, False), [(True, "tf32")] * 4, "tf32"),
+            ("relative", "medium"): ((False, False), [(True, "bf16")] * 4, "bf16"),
+        }
+    else:  # nothing to decide in full fp32
+        assert found == {
+            ("paper", "highest"): (None, [(False, "ieee")] * 3, "ieee"),
+            ("paper", "high"): ((False, True), [(False, "tf32")] + [(False, "ieee")] * 3, "ieee"),
+            ("paper", "medium"): ((False, True), [(False, "bf16")] + [(False, "ieee")] * 3, "ieee"),
+            ("relative", "highest"): (None, [(False, "ieee")] * 3, "ieee"),
+            ("relative", "high"): ((False, False), [(False, "tf32")] * 4, "tf32"),
+            ("relative", "medium"): ((False, False), [(False, "bf16")] * 4, "bf16"),
+        }
+
+
+def test_fp32_forces_full_precision_matmuls_and_autocast_warns_with_the_figures_under_tf32_without_autocast(
+        minilm_path: str, minilm_batch: dict, restore_matmul_precision: None) -> None:
+    passes, messages = {}, {}
+    for setting, policy in (("high", "fp32"), ("high", "autocast"), ("highest", "autocast")):
+        torch.set_float32_matmul_precision(setting)
+        task = SequenceTask(minilm_path, num_labels=2, model_overrides=NO_DROPOUT | {"num_hidden_layers": 1},
+                            smart=SmartConfig(probe=False, perturbed_precision=policy))  # no dropout: x is fixed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            passes[setting, policy] = passes_of_a_step(task, minilm_batch, autocast=False)
+        messages[setting, policy] = [str(w.message) for w in caught if "resolves" in str(w.message)]
+    # fp32: the refusal's check and the decision's forward as set, then the three passes and the backward at full
+    # precision; autocast: everything as set, and a warning with the figures.
+    assert passes == {("high", "fp32"): ([(False, "tf32")] * 2 + [(False, "ieee")] * 3, "ieee"),
+                      ("high", "autocast"): ([(False, "tf32")] * 4, "tf32"),
+                      ("highest", "autocast"): ([(False, "ieee")] * 3, "ieee")}
+    assert messages == {("high", "fp32"): [], ("highest", "autocast"): [], ("high", "autocast"): [
+        "smart.epsilon=1e-05 (absolute; radius 1.00e-05) is below what torch.float32 with TF32 matrix products"
+        " resolves at the perturbed point (spacing 2.44e-04 at median |x| = 0.277): the perturbed forward rounds δ"
+        " away and R_s measures dropout alone. Remedy: smart.perturbed_precision=auto (full-precision matrix products"
+        " in the regularized passes), torch.set_float32_matmul_precision('highest'), or smart.epsilon_scale=relative"
+        " with smart.epsilon ≥ 2.0e-03."]}
+
+
+def test_lazy_regularization_takes_full_precision_matmuls_on_its_regularized_steps_only(
+        minilm_path: str, minilm_batch: dict, restore_matmul_precision: None) -> None:
+    """Through Lightning's own backward, under TF32 matrix products: the regularized step's passes and backward at
+    full precision, the plain step's forward and backward as set."""
+    torch.set_float32_matmul_precision("high")
+    task = SequenceTask(minilm_path, num_labels=2, model_overrides={"num_hidden_layers": 1},
+                        smart=SmartConfig(probe=False, every_n_steps=2))
+    forwards: list[str] = []
+    backwards: list[str] = []
+    task.model.register_forward_pre_hook(lambda *_: forwards.append(matmul_precision("cpu")))
+    task.model.get_input_embeddings().weight.register_hook(lambda _: backwards.append(matmul_precision("cpu")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 2 steps' Lightning notes (no validation, few batches)
+        trainer(max_steps=2).fit(task, train_dataloaders=DataLoader([minilm_batch] * 2, batch_size=None))
+    assert forwards == ["tf32"] + ["ieee"] * 3 + ["tf32"]  # the decision's forward, the passes; the plain step
+    assert backwards == ["ieee", "tf32"]
+    assert matmul_precision("cpu") == "tf32"
