@@ -16,8 +16,11 @@ are checked before Hydra creates that folder, where Hydra allows (:mod:`lightnin
 from __future__ import annotations
 
 import dataclasses
+import gc
+import logging
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
@@ -46,7 +50,8 @@ from lightning_smart.app.export import export_pretrained
 from lightning_smart.app.files import write_json
 from lightning_smart.app.robustness import RobustEvaluation, refuse_sharded
 from lightning_smart.app.schema import register_configs
-from lightning_smart.app.summary import PeakMemory, print_summary, summarize
+from lightning_smart.app.summary import PeakMemory, error_line, print_summary, summarize, summarize_failure
+from lightning_smart.app.sweep import FailedJob
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.data import SFTDataModule, TaggingDataModule
 from lightning_smart.sharding import is_sharded
@@ -184,13 +189,44 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_smart.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """The ``smart-train`` console command; returns the final ``metric`` to sweepers."""
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+def main(cfg: DictConfig) -> float | FailedJob:
+    """The ``smart-train`` console command; returns the final ``metric`` to sweepers.
+
+    In a sweep, a job that raises after its config was accepted leaves its error in its folder (``summary.json``
+    marked failed, ``error.txt`` with the traceback) and returns a :class:`~lightning_smart.app.sweep.FailedJob`, so
+    that the sweep goes on; :class:`~lightning_smart.app.sweep.AggregateSweep` names it in the reports and ends the
+    command with exit status 1. A config error stops the sweep at once; a single run raises either error.
+    """
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
+    in_sweep = hydra_config.mode == RunMode.MULTIRUN
+    start = time.perf_counter()
     try:
         return float(train(cfg, output_dir)["score"])
     except ConfigError as err:
-        raise RunConfigError(str(err) + _remove_if_only_hydra(output_dir)) from err
+        message = str(err) + _remove_if_only_hydra(output_dir)
+        if in_sweep:  # no Exception, so the launcher starts no further job, and Hydra prints the message alone
+            raise SystemExit(f"Error in the config of job {hydra_config.job.num}"
+                             f" ({' '.join(hydra_config.overrides.task)}), the sweep stops: {message}") from err
+        raise RunConfigError(message) from err
+    except Exception as err:
+        if not in_sweep:
+            raise
+        failed = _record_failure(cfg, output_dir, err, time.perf_counter() - start)
+    gc.collect()  # the failed run's model and Trainer refer to each other: free them (and their GPU memory) now
+    return failed
+
+
+def _record_failure(cfg: DictConfig, output_dir: Path, error: Exception, seconds: float) -> FailedJob:
+    """Leave a sweep job's run-time error in its folder: ``error.txt`` (the traceback) and ``summary.json``
+    (:func:`~lightning_smart.app.summary.summarize_failure`)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
+    summary = summarize_failure(cfg, error, seconds, "error.txt")
+    write_json(output_dir / "summary.json", summary)
+    logging.getLogger(__name__).error("This job failed; the sweep goes on. Its error, kept in %s:",
+                                      output_dir / "error.txt", exc_info=error)
+    return FailedJob(str(output_dir), error_line(summary))
 
 
 def _remove_if_only_hydra(output_dir: Path) -> str:

@@ -5,10 +5,11 @@ settings you list) on the same seeds; when the sweep ends (and again with ``smar
 writes, beside :mod:`lightning_smart.app.sweep`'s aggregate, in the sweep's folder:
 
 - ``compare.md``: per setting, the monitored metric on validation and on each test split as median (IQR); the
-  paired per-seed difference from plain with a bootstrap 95% interval; failed runs; seconds per run and the ratio
-  to plain; peak memory; a flag when plain's validation curve has not peaked; with ``eval.robust_radii``, robust
-  accuracy at each radius on each split, paired the same way; one plain-language line per setting that weighs
-  the robustness a setting bought against its clean, out-of-domain and time cost;
+  paired per-seed difference from plain with a bootstrap 95% interval; failed runs (those that raised, each named
+  with its error, and those that learned nothing); seconds per run and the ratio to plain; peak memory; a flag
+  when plain's validation curve has not peaked; with ``eval.robust_radii``, robust accuracy at each radius on each
+  split, paired the same way; one plain-language line per setting that weighs the robustness a setting bought
+  against its clean, out-of-domain and time cost;
 - ``compare.csv``: the same numbers, one row per setting, split and radius (empty for the clean metric);
 - ``compare.png``: the paired differences with their intervals.
 
@@ -29,6 +30,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from lightning_smart.app import stats
+from lightning_smart.app.summary import error_line, raised
 
 ROBUST = "robust_acc@"
 """The prefix of robust accuracy's metrics in ``summary.json`` (``robust_acc@0.1``: at radius 0.1)."""
@@ -38,7 +40,8 @@ ROBUST = "robust_acc@"
 class SplitRow:
     """One setting on one split (and radius): its spread over seeds and its paired difference from plain (points).
 
-    ``radius`` is ``None`` for the monitored metric, and the attack's radius for robust accuracy.
+    ``radius`` is ``None`` for the monitored metric, and the attack's radius for robust accuracy. ``n`` counts the runs
+    that trained; ``failed`` the setting's runs that raised or learned nothing (:func:`failed`).
     """
 
     setting: str
@@ -65,7 +68,11 @@ def is_plain(summary: dict[str, Any]) -> bool:
     return float(smart["lambda_s"]) == 0 and float(smart.get("neftune_alpha", 0)) == 0 and config.get("teacher") is None
 
 
-def _failed(summary: dict[str, Any]) -> bool:
+def failed(summary: dict[str, Any]) -> bool:
+    """A failed run: one that raised (its summary holds the error), or one that learned nothing
+    (:func:`lightning_smart.app.stats.failed`)."""
+    if raised(summary):
+        return True
     val = summary["val"]
     if "pearson" in val:
         return stats.failed(val["pearson"], regression=True)
@@ -102,42 +109,50 @@ def _seconds(summary: dict[str, Any]) -> float:
     return float(summary["wall_time_s"]) - float((summary.get("robust") or {}).get("seconds", 0.0))
 
 
-def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[list[SplitRow], list[str]] | None:
+def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: Sequence[str] | None = None
+            ) -> tuple[list[SplitRow], list[str]] | None:
     """The comparison of every setting with plain: its rows, and the Markdown report's lines.
+
+    A run that raised counts among its setting's runs and failed runs, and the report names its error; the statistics
+    are over the runs that trained.
 
     Args:
         names: each run's setting (:func:`lightning_smart.app.sweep.settings`).
         summaries: each run's ``summary.json``, in the same order.
+        folders: each run's folder, in the same order, for the report to say where a failed run's error is.
 
     Returns:
-        ``None`` when no setting is plain fine-tuning or none is anything else, or a summary lacks the resolved
-        config (an older version's): nothing to compare.
+        ``None`` when no setting is plain fine-tuning or none is anything else, when no run trained, or when a
+        summary lacks the resolved config (an older version's): nothing to compare.
     """
     if any("config" not in m or "score" not in m for m in summaries):
         return None  # summaries of an older version, without the resolved config: nothing to pair by
     settings = list(dict.fromkeys(names))
     plain_names = [s for s in settings if all(is_plain(m) for n, m in zip(names, summaries, strict=True) if n == s)]
-    if not plain_names or len(settings) < 2:
+    trained = [m for m in summaries if not raised(m)]
+    if not plain_names or len(settings) < 2 or not trained:
         return None
     plain_name = plain_names[0]
-    metric = summaries[0]["metric"]
+    metric = trained[0]["metric"]
     runs: dict[str, list[dict[str, Any]]] = {s: [m for n, m in zip(names, summaries, strict=True) if n == s]
                                              for s in settings}
-    by_seed = {s: {int(m["config"]["seed"]): _scores(m, metric) for m in mine} for s, mine in runs.items()}
+    done = {s: [m for m in mine if not raised(m)] for s, mine in runs.items()}
+    by_seed = {s: {int(m["config"]["seed"]): _scores(m, metric) for m in mine} for s, mine in done.items()}
     found = dict.fromkeys(column for seeds in by_seed.values() for scores in seeds.values() for column in scores)
     order = list(dict.fromkeys(split for split, _ in found))
     columns = [c for c in found if c[1] is None] + sorted((c for c in found if c[1] is not None),
                                                           key=lambda c: (order.index(c[0]), c[1]))
-    seconds = {s: statistics.median(_seconds(m) for m in mine) for s, mine in runs.items()}
-    memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in runs.items()}
-    curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in runs[plain_name]])
+    seconds = {s: statistics.median(_seconds(m) for m in mine) if mine else None for s, mine in done.items()}
+    memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in done.items()}
+    curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in done[plain_name]])
     better = -1.0 if lower_is_better(metric) else 1.0  # differences are signed so that + is always a gain
     unpeaked = stats.not_peaked([(step, better * value) for step, value in curve])
 
     rows: list[SplitRow] = []
     for setting in settings:
-        failures = sum(map(_failed, runs[setting]))
-        ratio = seconds[setting] / seconds[plain_name] if seconds[plain_name] > 0 else None
+        failures = sum(map(failed, runs[setting]))
+        mine, plain = seconds[setting], seconds[plain_name]
+        ratio = mine / plain if mine is not None and plain else None
         peak = statistics.median(memory[setting]) if memory[setting] else None
         for column in columns:
             values = [scores[column] for scores in by_seed[setting].values() if column in scores]
@@ -150,9 +165,25 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]]) -> tuple[
                 {k: v[column] for k, v in by_seed[plain_name].items() if column in v})]
             paired = bool(diffs) and setting != plain_name
             mean, low, high = stats.bootstrap(diffs) if paired else (None, None, None)
+            assert mine is not None  # the setting has values: some of its runs trained
             rows.append(SplitRow(setting, column[0], column[1], len(values), median, q1, q3,
-                                 len(diffs) if paired else 0, mean, low, high, failures, seconds[setting], ratio, peak))
-    return rows, _markdown(rows, settings, plain_name, columns, metric, curve, unpeaked, runs)
+                                 len(diffs) if paired else 0, mean, low, high, failures, mine, ratio, peak))
+    where = folders or [""] * len(summaries)
+    raised_runs = [_raised_line(name, m, folder) for name, m, folder in zip(names, summaries, where, strict=True)
+                   if raised(m)]
+    return rows, _markdown(rows, settings, plain_name, columns, metric, curve, unpeaked, runs, raised_runs)
+
+
+def _raised_line(setting: str, summary: dict[str, Any], folder: str) -> str:
+    """A run that raised, as the report names it: its setting, seed and error, and the file with its traceback."""
+    where = f" (traceback: {folder}/{summary['error']['traceback']})" if folder else ""
+    return f"- {setting}, seed {summary['config']['seed']}: {error_line(summary)}{where}"
+
+
+def _failed_cell(runs: list[dict[str, Any]]) -> str:
+    """A setting's failed runs, with how many of them raised."""
+    count, raised_count = sum(map(failed, runs)), sum(map(raised, runs))
+    return f"{count} ({raised_count} raised)" if raised_count else str(count)
 
 
 def _cell(row: SplitRow | None) -> str:
@@ -205,7 +236,8 @@ def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str,
 
 
 def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: list[Column], metric: str,
-              curve: list[tuple[int, float]], unpeaked: bool, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+              curve: list[tuple[int, float]], unpeaked: bool, runs: dict[str, list[dict[str, Any]]],
+              raised_runs: list[str]) -> list[str]:
     at = {(r.setting, r.split, r.radius): r for r in rows}
     memory_kind = next((m["peak_memory"]["what"] for mine in runs.values() for m in mine if m.get("peak_memory")),
                        "peak memory")
@@ -226,11 +258,14 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
         return [f"{r.median:.1f} ({r.q1:.1f}–{r.q3:.1f})" if r is not None else "–" for r in found]
 
     for setting in settings:
-        first = next(r for r in rows if r.setting == setting)
-        ratio = f"{first.time_ratio:.2f}" if first.time_ratio is not None else "–"
-        peak = f"{first.peak_memory_mib:.0f}" if first.peak_memory_mib is not None else "–"
-        lines.append(f"| {setting} | {len(runs[setting])} | {first.failed} | " + " | ".join(medians(setting, clean))
-                     + f" | {first.seconds:.0f} | {ratio} | {peak} |")
+        first = next((r for r in rows if r.setting == setting), None)  # None: every run of the setting raised
+        seconds = f"{first.seconds:.0f}" if first is not None else "–"
+        ratio = f"{first.time_ratio:.2f}" if first is not None and first.time_ratio is not None else "–"
+        peak = f"{first.peak_memory_mib:.0f}" if first is not None and first.peak_memory_mib is not None else "–"
+        lines.append(f"| {setting} | {len(runs[setting])} | {_failed_cell(runs[setting])} | "
+                     + " | ".join(medians(setting, clean)) + f" | {seconds} | {ratio} | {peak} |")
+    if raised_runs:
+        lines += ["", "Runs that raised (counted as failed, left out of every statistic):", "", *raised_runs]
     if robust:
         lines += ["", f"Robust accuracy (points) under attack at each radius r ({_attack(runs)}). Median (IQR) over"
                   " seeds:", "", "| setting | " + " | ".join(map(_label, robust)) + " |",
@@ -266,8 +301,9 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
                      " setting that only trains faster looks like a gain here. Rerun with more steps"
                      " (trainer.max_steps) before deciding.")
     lines += ["", "What the evidence says (validation decides; a test split confirms):", "", *verdicts, "",
-              f"Failed: final validation accuracy within {100 * stats.FAILED_MARGIN:.0f} point of the majority"
-              f" class's rate (Pearson < {stats.FAILED_PEARSON} for regression). Peak memory: {memory_kind}, median"
+              f"Failed: a run that raised, or one whose final validation accuracy is within"
+              f" {100 * stats.FAILED_MARGIN:.0f} point of the majority class's rate (Pearson <"
+              f" {stats.FAILED_PEARSON} for regression). Peak memory: {memory_kind}, median"
               " over runs. Seconds: each run's wall time, median" + (", less its robust accuracy's attack"
                                                                      if robust else "") + "."]
     if ood:
@@ -312,4 +348,4 @@ def write_csv(rows: list[SplitRow], path: Path) -> None:
                              for v in (getattr(row, f.name) for f in fields(SplitRow))])
 
 
-__all__ = ["SplitRow", "compare", "is_plain", "plot", "write_csv"]
+__all__ = ["SplitRow", "compare", "failed", "is_plain", "plot", "write_csv"]

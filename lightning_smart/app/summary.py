@@ -1,4 +1,8 @@
-"""``summary.json`` (what a run measured, how, and with what) and the table printed at the end of a run."""
+"""``summary.json`` (what a run measured, how, and with what) and the table printed at the end of a run.
+
+A run that raised in a sweep leaves a summary of its own (:func:`summarize_failure`), marked ``"status": "failed"``:
+its error in place of metrics.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
     """``summary.json``'s content.
 
     Returns:
-        ``metric`` and ``score`` (its final value), ``val`` and ``val_teacher`` (final validation metrics of the
-        student and of the teacher), ``test`` (per test set, best checkpoint), ``test_teacher`` (per test set, the
-        teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy, the ``robust_acc@<radius>``
-        metrics, was measured: :meth:`~lightning_smart.app.robustness.RobustEvaluation.summary`, or ``None``),
-        ``best`` (score and checkpoint), ``data`` (the data module's ``stats``: split sizes, what was left out, the
-        class names as ``label_names`` and whether they were inferred from the data), ``steps``, ``smart_skipped``,
+        ``status`` (``completed``), ``metric`` and ``score`` (its final value), ``val`` and ``val_teacher`` (final
+        validation metrics of the student and of the teacher), ``test`` (per test set, best checkpoint),
+        ``test_teacher`` (per test set, the teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy,
+        the ``robust_acc@<radius>`` metrics, was measured:
+        :meth:`~lightning_smart.app.robustness.RobustEvaluation.summary`, or ``None``), ``best`` (score and
+        checkpoint), ``data`` (the data module's ``stats``: split sizes, what was left out, the class names as
+        ``label_names`` and whether they were inferred from the data), ``steps``, ``smart_skipped``,
         ``smart_epsilon`` (the radius in force at the end: ``smart.epsilon``, or ``auto``'s last calibration),
         ``wall_time_s``, ``curve`` (the monitored metric at each validation: ``[step, value]``), ``peak_memory``
         (:class:`PeakMemory`), ``files`` (the metrics CSV, the last checkpoint, the exported ``model`` and ``teacher``
@@ -44,6 +49,7 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
     csv = [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
     last = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint)]
     return {
+        "status": "completed",
         "metric": metric,
         "score": val[metric.removeprefix("val/")],
         "val": {k: v for k, v in val.items() if not k.endswith("_teacher")},
@@ -66,9 +72,45 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
                   "adapter": exported.get("adapter")},
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "versions": _versions(),
     }
+
+
+def summarize_failure(cfg: DictConfig, error: BaseException, wall_time_s: float, traceback_file: str) -> dict[str, Any]:
+    """``summary.json``'s content for a run that raised after its config was accepted.
+
+    Returns:
+        ``status`` (``failed``), ``error`` (``type``, ``message`` and ``traceback``, the file that holds it, relative
+        to the run's folder), ``metric`` (``cfg.metric``: ``None`` for the task's default), ``score`` (``None``),
+        ``wall_time_s`` (until the error), ``overrides``, the resolved ``config`` and the ``versions``.
+    """
+    return {
+        "status": "failed",
+        "error": {"type": type(error).__name__, "message": str(error), "traceback": traceback_file},
+        "metric": cfg.get("metric"),
+        "score": None,
+        "wall_time_s": round(wall_time_s, 1),
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": _versions(),
+    }
+
+
+def raised(summary: dict[str, Any]) -> bool:
+    """Whether a run raised (:func:`summarize_failure`): its summary holds the error and no metrics."""
+    return summary.get("status") == "failed"
+
+
+def error_line(summary: dict[str, Any]) -> str:
+    """A failed run's error on one line: its type and the first line of its message."""
+    error = summary["error"]
+    message = next((line.strip() for line in str(error["message"]).splitlines() if line.strip()), "")
+    return f"{error['type']}: {message}" if message else str(error["type"])
+
+
+def _versions() -> dict[str, str]:
+    return {"lightning_smart": __version__, "lightning": pl.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__}
 
 
 class PeakMemory:

@@ -8,6 +8,10 @@ when Hydra's multirun ends (:class:`AggregateSweep`), or again at any time with 
 - ``val_curves.png``: the main validation metric against the step, per setting (mean over seeds, min–max band);
 - with plain fine-tuning among the settings (``experiment=compare``), ``compare.md``, ``compare.csv`` and
   ``compare.png``: the paired comparison with plain (:mod:`lightning_smart.app.compare`).
+
+A job that raised at run time left a summary marked failed and its traceback in its folder
+(:func:`lightning_smart.app.summary.summarize_failure`): the reports count it per setting and name its error, and the
+sweep then ends with exit status 1.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,13 +35,15 @@ from rich.table import Table
 
 from lightning_smart.app import compare
 from lightning_smart.app.files import replacing
+from lightning_smart.app.summary import error_line, raised
 
 AGGREGATED_OVER = ("seed",)
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Job:
-    """One finished run of a sweep: its folder and its ``summary.json``."""
+    """One run of a sweep that ended, trained or failed: its folder and its ``summary.json``."""
 
     path: Path
     summary: dict[str, Any]
@@ -46,9 +53,16 @@ class Job:
         return dict(o.split("=", 1) for o in self.summary["overrides"] if "=" in o)
 
     @property
+    def failed(self) -> bool:
+        """Whether the run raised: its summary holds the error instead of metrics."""
+        return raised(self.summary)
+
+    @property
     def metrics(self) -> dict[str, float]:
         """Every final metric under its logged name: ``val/acc``, ``val/acc_teacher``, ``test/movies/acc``,
-        ``test/movies/robust_acc@0.1_teacher``."""
+        ``test/movies/robust_acc@0.1_teacher``; none for a failed run."""
+        if self.failed:
+            return {}
         flat = {f"val/{k}": v for k, v in self.summary["val"].items()}
         flat |= {f"val/{k}_teacher": v for k, v in (self.summary["val_teacher"] or {}).items()}
         for test_set, values in self.summary["test"].items():
@@ -56,6 +70,22 @@ class Job:
         for test_set, values in (self.summary.get("test_teacher") or {}).items():
             flat |= {f"test/{test_set}/{k}_teacher": v for k, v in values.items()}
         return flat
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """What a job that raised hands its sweeper in place of its score: where its error is, and the error.
+
+    No number, on purpose: the basic sweeper ignores what jobs return, and the Optuna sweeper (hydra-optuna-sweeper
+    1.3) records a trial whose value is no float as failed and goes on, where a NaN would stop the study (Optuna 2
+    refuses to be told one).
+    """
+
+    folder: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"job failed ({self.error}), its folder holds the traceback: {self.folder}"
 
 
 @dataclass
@@ -74,7 +104,7 @@ class Row:
 
 
 def load_jobs(sweep_dir: str | Path) -> list[Job]:
-    """The sweep's finished jobs (each folder holding a ``summary.json``), in job order."""
+    """The sweep's jobs that ended, trained or failed (each folder holding a ``summary.json``), in job order."""
     def job_order(path: Path) -> tuple[int, int, str]:
         name = path.parent.name
         return len(path.parts), int(name) if name.isdigit() else -1, str(path)
@@ -85,9 +115,21 @@ def load_jobs(sweep_dir: str | Path) -> list[Job]:
 
 def settings(jobs: Sequence[Job]) -> list[str]:
     """Each job's setting: the overrides whose values differ across the jobs, less ``seed``."""
-    keys = sorted({k for job in jobs for k in job.overrides} - set(AGGREGATED_OVER))
+    return _varying(jobs, leave_out=AGGREGATED_OVER)
+
+
+def _varying(jobs: Sequence[Job], leave_out: Sequence[str] = ()) -> list[str]:
+    """Each job's overrides whose values differ across the jobs, less those named in ``leave_out``."""
+    keys = sorted({k for job in jobs for k in job.overrides} - set(leave_out))
     varying = [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
     return [" ".join(f"{k}={job.overrides.get(k, '-')}" for k in varying) or "all" for job in jobs]
+
+
+def failures(jobs: Sequence[Job], sweep_dir: str | Path) -> list[str]:
+    """One line per failed job: its folder, the overrides that set it apart, and its error."""
+    named = _varying(jobs)
+    return [f"{job.path.relative_to(sweep_dir)} ({name}): {error_line(job.summary)}"
+            for job, name in zip(jobs, named, strict=True) if job.failed]
 
 
 def aggregate(jobs: Sequence[Job]) -> list[Row]:
@@ -104,8 +146,12 @@ def aggregate(jobs: Sequence[Job]) -> list[Row]:
 
 
 def _main_columns(jobs: Sequence[Job], rows: Sequence[Row]) -> list[str]:
-    """The main metric, its teacher counterpart and its value on each test set, in that order."""
-    name = jobs[0].summary["metric"].removeprefix("val/")
+    """The main metric, its teacher counterpart and its value on each test set, in that order (none when every job
+    failed)."""
+    trained = [job for job in jobs if not job.failed]
+    if not trained:
+        return []
+    name = trained[0].summary["metric"].removeprefix("val/")
     wanted = [f"val/{name}", f"val/{name}_teacher"]
     present = {row.metric for row in rows}
     tests = sorted({m for m in present if m.startswith("test/") and m.endswith(f"/{name}")})
@@ -113,22 +159,31 @@ def _main_columns(jobs: Sequence[Job], rows: Sequence[Row]) -> list[str]:
 
 
 def table(jobs: Sequence[Job], rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the compact table: per setting, each main column as median (mean ± std)."""
+    """Header and rows of the compact table: per setting, its trained jobs (``n``), its failed jobs, and each main
+    column as median (mean ± std)."""
     columns = _main_columns(jobs, rows)
     by_key = {(row.setting, row.metric): row for row in rows}
-    header = ["setting", "n", *columns]
+    names = settings(jobs)
+    header = ["setting", "n", "failed", *columns]
     body = []
-    for setting in dict.fromkeys(settings(jobs)):
+    for setting in dict.fromkeys(names):
+        mine = [job for name, job in zip(names, jobs, strict=True) if name == setting]
         cells = [by_key[setting, m].cell() if (setting, m) in by_key else "—" for m in columns]
-        body.append([setting, str(by_key[setting, columns[0]].n), *cells])
+        failed = sum(job.failed for job in mine)
+        body.append([setting, str(len(mine) - failed), str(failed), *cells])
     return header, body
 
 
 def plot(jobs: Sequence[Job], path: Path) -> Path | None:
     """``val_curves.png``: the main validation metric (student solid, teacher dashed) against the step."""
-    metric = jobs[0].summary["metric"]
+    trained = [job for job in jobs if not job.failed]
+    if not trained:
+        return None
+    metric = trained[0].summary["metric"]
     curves: dict[tuple[str, str], list[dict[int, float]]] = defaultdict(list)
     for setting, job in zip(settings(jobs), jobs, strict=True):
+        if job.failed:
+            continue
         csv_path = job.summary["files"].get("metrics_csv")
         if not csv_path or not (job.path / csv_path).is_file():
             continue
@@ -158,7 +213,8 @@ def plot(jobs: Sequence[Job], path: Path) -> Path | None:
 
 
 def write(sweep_dir: str | Path) -> list[Row]:
-    """Aggregate a sweep's folder: write ``aggregate.md``, ``aggregate.csv`` and ``val_curves.png``, print the table."""
+    """Aggregate a sweep's folder: write ``aggregate.md``, ``aggregate.csv`` and ``val_curves.png``, print the table
+    and the failed jobs."""
     sweep = Path(sweep_dir)
     jobs = load_jobs(sweep)
     if not jobs:
@@ -169,9 +225,14 @@ def write(sweep_dir: str | Path) -> list[Row]:
         writer.writerow([field.name for field in fields(Row)])
         writer.writerows(astuple(row) for row in rows)
     header, body = table(jobs, rows)
-    lines = [f"Across seeds: median (mean ± std). {len(jobs)} jobs in {sweep}.", "",
+    failed = failures(jobs, sweep)
+    lines = [f"Across seeds: median (mean ± std). {len(jobs)} jobs in {sweep}"
+             + (f", {len(failed)} failed (no metrics)." if failed else "."), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    if failed:
+        lines += ["", "Failed jobs (each folder holds summary.json, marked failed, and error.txt, the traceback):", "",
+                  *(f"- {line}" for line in failed)]
     with replacing(sweep / "aggregate.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     plotted = plot(jobs, sweep / "val_curves.png")
@@ -184,6 +245,9 @@ def write(sweep_dir: str | Path) -> list[Row]:
     for cells in body:
         rich_table.add_row(*cells)
     console.print(rich_table)
+    if failed:
+        console.print("Failed jobs:\n" + "\n".join(f"  {line}" for line in failed), markup=False, highlight=False,
+                      soft_wrap=True)
     console.print(f"aggregate: {sweep / 'aggregate.md'}" + (f", plot: {plotted}" if plotted else ""))
     if compared:
         console.print("\n".join(compared[2:]), markup=False, highlight=False, soft_wrap=True)
@@ -197,7 +261,7 @@ def _write_comparison(jobs: Sequence[Job], sweep: Path) -> list[str] | None:
     names = settings(jobs)
     if all(n.startswith("setting=") and " " not in n for n in names):  # experiment=compare: the setting's name
         names = [n.removeprefix("setting=") for n in names]
-    result = compare.compare(names, [job.summary for job in jobs])
+    result = compare.compare(names, [job.summary for job in jobs], [str(job.path.relative_to(sweep)) for job in jobs])
     if result is None:
         return None
     rows, lines = result
@@ -211,14 +275,30 @@ def _write_comparison(jobs: Sequence[Job], sweep: Path) -> list[str] | None:
 
 
 class AggregateSweep(HydraCallback):
-    """Hydra callback: :func:`write` the aggregate when a multirun ends."""
+    """Hydra callback: :func:`write` the aggregate when a multirun ends, then end the command with exit status 1 if a
+    job failed.
+
+    Hydra turns a callback's exceptions into warnings; ``SystemExit`` is no ``Exception``, so it sets the exit status.
+    """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write(config.hydra.sweep.dir)
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = load_jobs(sweep)
+        failed = failures(jobs, sweep)
+        try:
+            write(sweep)
+        except Exception:
+            if not failed:
+                raise
+            log.exception("The sweep's reports could not be written")  # the exit status must still say a job failed
+        if failed:
+            raise SystemExit(f"{len(failed)} of {len(jobs)} jobs failed; their folders hold the error (summary.json,"
+                             f" error.txt) and the reports in {sweep} name them:\n" + "\n".join(failed))
 
 
 def aggregate_main(argv: Sequence[str] | None = None) -> None:
-    """``smart-aggregate SWEEP_DIR``: print (and rewrite) a finished or partial sweep's aggregate."""
+    """``smart-aggregate SWEEP_DIR``: print (and rewrite) a finished or partial sweep's aggregate, its failed jobs
+    named."""
     parser = argparse.ArgumentParser(prog="smart-aggregate", description=aggregate_main.__doc__)
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. multirun/2026-01-31/12-00-00")
     args = parser.parse_args(argv)
