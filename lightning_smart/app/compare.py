@@ -8,14 +8,16 @@ writes, beside :mod:`lightning_smart.app.sweep`'s aggregate, in the sweep's fold
   paired per-seed difference from plain with a bootstrap 95% interval; failed runs (those that raised, each named
   with its error, and those that learned nothing); seconds per run and the ratio to plain; peak memory; a flag
   when plain's validation curve has not peaked; with ``eval.robust_radii``, robust accuracy at each radius on each
-  split, paired the same way; one plain-language line per setting that weighs the robustness a setting bought
-  against its clean, out-of-domain and time cost;
-- ``compare.csv``: the same numbers, one row per setting, split and radius (empty for the clean metric);
+  split, paired the same way; with ``eval.text_attacks``, the accuracy under each text attack on each split, paired
+  the same way; one plain-language line per setting that weighs the robustness a setting bought against its clean,
+  out-of-domain and time cost, and says whether a gain under the embedding-space attack holds under the text attacks;
+- ``compare.csv``: the same numbers, one row per setting, split and radius or text attack (both empty for the clean
+  metric);
 - ``compare.png``: the paired differences with their intervals.
 
 Plain is the setting whose runs have ``smart.lambda_s = 0`` and no teacher. The statistics are
 :mod:`lightning_smart.app.stats`'s, which ``benchmarks/quality.py`` uses too. A run's seconds leave out its robust
-accuracy's attack, which costs every setting the same and measures rather than trains.
+accuracy's attack and its text attacks, which cost every setting the same and measure rather than train.
 """
 
 from __future__ import annotations
@@ -31,22 +33,27 @@ from matplotlib.figure import Figure
 
 from lightning_smart.app import stats
 from lightning_smart.app.summary import error_line, raised
+from lightning_smart.text_attack import ATTACKS
 
 ROBUST = "robust_acc@"
 """The prefix of robust accuracy's metrics in ``summary.json`` (``robust_acc@0.1``: at radius 0.1)."""
+TEXT_ACC = "_acc"
+"""The suffix of the accuracy under a text attack in ``summary.json`` (``deepwordbug_acc``)."""
 
 
 @dataclass
 class SplitRow:
     """One setting on one split (and radius): its spread over seeds and its paired difference from plain (points).
 
-    ``radius`` is ``None`` for the monitored metric, and the attack's radius for robust accuracy. ``n`` counts the runs
-    that trained; ``failed`` the setting's runs that raised or learned nothing (:func:`failed`).
+    ``radius`` is the attack's radius for robust accuracy, ``attack`` the text attack's name for the accuracy under
+    it; both are ``None`` for the monitored metric. ``n`` counts the runs that trained; ``failed`` the setting's runs
+    that raised or learned nothing (:func:`failed`).
     """
 
     setting: str
     split: str
     radius: float | None
+    attack: str | None
     n: int
     median: float
     q1: float
@@ -59,6 +66,11 @@ class SplitRow:
     seconds: float
     time_ratio: float | None
     peak_memory_mib: float | None
+
+    @property
+    def measure(self) -> float | str | None:
+        """What the row measures beyond its split: a radius, a text attack, or ``None`` (the monitored metric)."""
+        return self.radius if self.radius is not None else self.attack
 
 
 def is_plain(summary: dict[str, Any]) -> bool:
@@ -85,13 +97,14 @@ def lower_is_better(metric: str) -> bool:
     return metric.removeprefix("val/").endswith(("loss", "perplexity"))
 
 
-Column = tuple[str, "float | None"]
-"""A split and a radius (``None``: the monitored metric)."""
+Column = tuple[str, "float | str | None"]
+"""A split and what is measured on it: a radius (robust accuracy), a text attack's name (the accuracy under it), or
+``None`` (the monitored metric)."""
 
 
 def _scores(summary: dict[str, Any], metric: str) -> dict[Column, float]:
-    """The monitored metric on validation and on each test split (points, ×100, or a loss's own units), and robust
-    accuracy at each radius (points)."""
+    """The monitored metric on validation and on each test split (points, ×100, or a loss's own units), robust
+    accuracy at each radius and the accuracy under each text attack (points)."""
     name, scale = metric.removeprefix("val/"), 1.0 if lower_is_better(metric) else 100.0
     scores: dict[Column, float] = {("validation", None): scale * float(summary["score"])}
     for split, values in summary["test"].items():
@@ -101,12 +114,15 @@ def _scores(summary: dict[str, Any], metric: str) -> dict[Column, float]:
         for key, value in values.items():
             if key.startswith(ROBUST):
                 scores[split, float(key.removeprefix(ROBUST))] = 100.0 * float(value)
+            elif key.endswith(TEXT_ACC) and key.removesuffix(TEXT_ACC) in ATTACKS:
+                scores[split, key.removesuffix(TEXT_ACC)] = 100.0 * float(value)
     return scores
 
 
 def _seconds(summary: dict[str, Any]) -> float:
-    """The run's wall time less its robust accuracy's attack."""
-    return float(summary["wall_time_s"]) - float((summary.get("robust") or {}).get("seconds", 0.0))
+    """The run's wall time less its robust accuracy's attack and its text attacks."""
+    text = sum((summary.get("text_attacks") or {}).get("seconds", {}).values())
+    return float(summary["wall_time_s"]) - float((summary.get("robust") or {}).get("seconds", 0.0)) - text
 
 
 def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: Sequence[str] | None = None
@@ -140,8 +156,10 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: 
     by_seed = {s: {int(m["config"]["seed"]): _scores(m, metric) for m in mine} for s, mine in done.items()}
     found = dict.fromkeys(column for seeds in by_seed.values() for scores in seeds.values() for column in scores)
     order = list(dict.fromkeys(split for split, _ in found))
-    columns = [c for c in found if c[1] is None] + sorted((c for c in found if c[1] is not None),
-                                                          key=lambda c: (order.index(c[0]), c[1]))
+    columns = ([c for c in found if c[1] is None]
+               + sorted((c for c in found if isinstance(c[1], float)), key=lambda c: (order.index(c[0]), c[1]))
+               + sorted((c for c in found if isinstance(c[1], str)),
+                        key=lambda c: (order.index(c[0]), ATTACKS.index(str(c[1])))))
     seconds = {s: statistics.median(_seconds(m) for m in mine) if mine else None for s, mine in done.items()}
     memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in done.items()}
     curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in done[plain_name]])
@@ -159,14 +177,16 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: 
             if not values:
                 continue
             median, q1, q3 = stats.quartiles(values)
-            sign = better if column[1] is None else 1.0  # robust accuracy: higher is better
+            sign = better if column[1] is None else 1.0  # accuracy under an attack: higher is better
             diffs = [sign * d for d in stats.paired_differences(
                 {k: v[column] for k, v in by_seed[setting].items() if column in v},
                 {k: v[column] for k, v in by_seed[plain_name].items() if column in v})]
             paired = bool(diffs) and setting != plain_name
             mean, low, high = stats.bootstrap(diffs) if paired else (None, None, None)
             assert mine is not None  # the setting has values: some of its runs trained
-            rows.append(SplitRow(setting, column[0], column[1], len(values), median, q1, q3,
+            radius = column[1] if isinstance(column[1], float) else None
+            attack = column[1] if isinstance(column[1], str) else None
+            rows.append(SplitRow(setting, column[0], radius, attack, len(values), median, q1, q3,
                                  len(diffs) if paired else 0, mean, low, high, failures, mine, ratio, peak))
     where = folders or [""] * len(summaries)
     raised_runs = [_raised_line(name, m, folder) for name, m, folder in zip(names, summaries, where, strict=True)
@@ -199,7 +219,10 @@ def _difference(row: SplitRow) -> stats.Difference:
 
 
 def _label(column: Column) -> str:
-    return column[0] if column[1] is None else f"{column[0]} @{column[1]:g}"
+    split, measure = column
+    if measure is None:
+        return split
+    return f"{split} {measure}" if isinstance(measure, str) else f"{split} @{measure:g}"
 
 
 def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -215,7 +238,37 @@ def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
             " counts at r when it is right on the clean input and under every attack of radius ≤ r")
 
 
-def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str, radii: list[float],
+def _text_attacks(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """How the runs' text attacks were measured, from the first run that measured them."""
+    text = next((m["text_attacks"] for mine in runs.values() for m in mine if m.get("text_attacks")), None)
+    if text is None:
+        return "the text attacks of lightning_smart.text_attack"
+    sample = "every example" if text["sample"] is None else f"{text['sample']} examples"
+    return (f"{', '.join(text['attacks'])} on {sample} of each split (seed {text['seed']}; typos at rate"
+            f" {text['typo_rate']:g}), against the exported final weights")
+
+
+def _text_verdict(at: dict[tuple[str, str, float | str | None], SplitRow], setting: str, radii: list[float],
+                  attacks: list[str]) -> str:
+    """Whether a gain under the embedding-space attack (an interval above 0 on validation at some radius) holds under
+    the text attacks on validation, said no stronger than their intervals; empty without text attacks."""
+    gained = [r for r in radii if (row := at.get((setting, "validation", r))) is not None
+              and row.diff_low is not None and row.diff_low > 0]
+    text = [(a, row) for a in attacks if (row := at.get((setting, "validation", a))) is not None
+            and row.diff_mean is not None]
+    if not text:
+        return ""
+    said = ", ".join(f"{a} {stats.interval(_difference(row))}" for a, row in text)
+    unmatched = [a for a, row in text if not (row.diff_low is not None and row.diff_low > 0)]
+    if not gained:
+        return f" Under the text attacks, on validation: {said} points."
+    if unmatched:
+        return (f" Its embedding-space gain (at {', '.join(f'{r:g}' for r in gained)}) is **not matched** under"
+                f" {', '.join(unmatched)}: on validation {said} points.")
+    return f" Its embedding-space gain holds under every text attack: on validation {said} points."
+
+
+def _robustness(at: dict[tuple[str, str, float | str | None], SplitRow], setting: str, radii: list[float],
                 tests: list[str], ood: set[str], val: SplitRow, clean_tests: list[SplitRow]) -> str:
     """The verdict's robustness part: robust accuracy at each radius, against the clean, out-of-domain and time cost
     (:func:`~lightning_smart.app.stats.robustness_verdict`); empty without robust accuracy."""
@@ -238,12 +291,13 @@ def _robustness(at: dict[tuple[str, str, float | None], SplitRow], setting: str,
 def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: list[Column], metric: str,
               curve: list[tuple[int, float]], unpeaked: bool, runs: dict[str, list[dict[str, Any]]],
               raised_runs: list[str]) -> list[str]:
-    at = {(r.setting, r.split, r.radius): r for r in rows}
+    at = {(r.setting, r.split, r.measure): r for r in rows}
     memory_kind = next((m["peak_memory"]["what"] for mine in runs.values() for m in mine if m.get("peak_memory")),
                        "peak memory")
     ood = {split for mine in runs.values() for m in mine for split in (m["config"].get("data") or {}).get("ood") or []}
     clean = [c for c in columns if c[1] is None]
-    robust = [c for c in columns if c[1] is not None]
+    robust = [c for c in columns if isinstance(c[1], float)]
+    text = [c for c in columns if isinstance(c[1], str)]
     splits = [split for split, _ in clean]
     lower = lower_is_better(metric)
     unit = "its own units, lower is better" if lower else "points, ×100"
@@ -271,6 +325,10 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
                   " seeds:", "", "| setting | " + " | ".join(map(_label, robust)) + " |",
                   "|---" * (len(robust) + 1) + "|"]
         lines += [f"| {setting} | " + " | ".join(medians(setting, robust)) + " |" for setting in settings]
+    if text:
+        lines += ["", f"Accuracy (points) under the text attacks ({_text_attacks(runs)}). Median (IQR) over seeds:",
+                  "", "| setting | " + " | ".join(map(_label, text)) + " |", "|---" * (len(text) + 1) + "|"]
+        lines += [f"| {setting} | " + " | ".join(medians(setting, text)) + " |" for setting in settings]
     signed = "plain minus the setting, so + is a gain" if lower else "points"
     lines += ["", f"Paired difference from plain ({signed}; mean over seeds, bootstrap 95% interval over seeds):", "",
               "| setting | seeds | " + " | ".join(map(_label, columns)) + " |", "|---" * (len(columns) + 2) + "|"]
@@ -283,15 +341,16 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
         cells = [_cell(at.get((setting, split, radius))) for split, radius in columns]
         lines.append(f"| {setting} | {seeds} | " + " | ".join(cells) + " |")
         if val is not None and val.diff_mean is not None:
-            said = stats.verdict(_difference(val), seeds, time_ratio=None if robust else val.time_ratio,
+            said = stats.verdict(_difference(val), seeds, time_ratio=None if robust or text else val.time_ratio,
                                  failed_runs=val.failed, plain_not_peaked=unpeaked,
                                  unit="less loss" if lower else "points")
             tests = [t for s in splits[1:] if (t := at.get((setting, s, None))) is not None and t.diff_mean is not None]
             if val.diff_low is not None and val.diff_low > 0:  # a gain on validation: does each test split confirm it?
                 said += "".join(f" {'Confirmed' if _difference(t)[1] > 0 else 'Not confirmed'} on {t.split}:"
                                 f" {stats.interval(_difference(t))}." for t in tests)
-            radii = [r for r in dict.fromkeys(radius for _, radius in robust) if r is not None]
+            radii = [float(r) for r in dict.fromkeys(radius for _, radius in robust) if r is not None]
             said += _robustness(at, setting, radii, splits[1:], ood, val, tests)
+            said += _text_verdict(at, setting, radii, [str(a) for a in dict.fromkeys(a for _, a in text)])
             verdicts.append(f"- **{setting}**: {said}")
     points = ", ".join(f"{step}: {value:.3f}" if lower else f"{step}: {100 * value:.1f}" for step, value in curve)
     lines += ["", f"Plain's median validation curve (step: {metric}): {points or 'not recorded'}."]
@@ -304,8 +363,8 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
               f"Failed: a run that raised, or one whose final validation accuracy is within"
               f" {100 * stats.FAILED_MARGIN:.0f} point of the majority class's rate (Pearson <"
               f" {stats.FAILED_PEARSON} for regression). Peak memory: {memory_kind}, median"
-              " over runs. Seconds: each run's wall time, median" + (", less its robust accuracy's attack"
-                                                                     if robust else "") + "."]
+              " over runs. Seconds: each run's wall time, median" + (", less its robust accuracy's attack and text"
+                                                                     " attacks" if robust or text else "") + "."]
     if ood:
         lines[-1] += f" Out of domain: {', '.join(s for s in splits if s in ood)} (data.ood)."
     return lines
@@ -317,13 +376,13 @@ def plot(rows: list[SplitRow], path: Path) -> Path | None:
     paired = [r for r in rows if r.diff_mean is not None]
     if not paired:
         return None
-    columns = list(dict.fromkeys((r.split, r.radius) for r in paired))
+    columns = list(dict.fromkeys((r.split, r.measure) for r in paired))
     settings = list(dict.fromkeys(r.setting for r in paired))
     figure = Figure(figsize=(max(6.0, 1.6 + 1.4 * len(columns) * len(settings) ** 0.5), 4.2), layout="constrained")
     axes = figure.add_subplot()
     width = 0.8 / len(settings)
     for k, setting in enumerate(settings):
-        mine = {(r.split, r.radius): _difference(r) for r in paired if r.setting == setting}
+        mine = {(r.split, r.measure): _difference(r) for r in paired if r.setting == setting}
         xs = [i - 0.4 + width * (k + 0.5) for i, column in enumerate(columns) if column in mine]
         means = [mine[c][0] for c in columns if c in mine]
         errors = [[mine[c][0] - mine[c][1] for c in columns if c in mine],

@@ -160,6 +160,64 @@ def test_the_robust_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> Non
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# The same runs attacked with two text attacks on validation and movies: DeepWordBug does not match the PGD gain at
+# 0.03 (its interval spans 0), typos do.
+TEXT_RUNS = {
+    "deepwordbug_acc": ([0.30, 0.35, 0.32], [0.33, 0.33, 0.36]),  # +3, -2, +4: +1.7 [-2.0, +4.0]
+    "typos_acc": ([0.70, 0.71, 0.72], [0.72, 0.74, 0.73]),  # +2, +3, +1: +2.0 [+1.0, +3.0]
+    "movies/deepwordbug_acc": ([0.30, 0.30, 0.30], [0.20, 0.25, 0.30]),  # -10, -5, 0: -5.0 [-10.0, +0.0]
+    "movies/typos_acc": ([0.70, 0.70, 0.70], [0.70, 0.70, 0.70]),  # 0: +0.0 [+0.0, +0.0]
+}
+
+
+def _text_summary(seed: int, adversarial: bool, wall: float) -> dict:
+    summary = _robust_summary(seed, adversarial, wall)
+    for key, runs in TEXT_RUNS.items():
+        split, _, name = key.rpartition("/")
+        (summary["test"][split] if split else summary["val"])[name] = runs[int(adversarial)][seed]
+        summary["val"][f"{name}_queries"] = 30.0  # the other text-attack metrics are not columns
+    summary["text_attacks"] = {"attacks": ["deepwordbug", "typos"], "examples": {"val": 256, "test/movies": 256},
+                               "sample": 256, "seed": seed, "typo_rate": 0.1, "teacher": False,
+                               "seconds": {"deepwordbug": 30.0, "typos": 5.0}}
+    return summary
+
+
+def test_the_text_attack_columns_and_the_verdict_on_fixed_runs(tmp_path: Path) -> None:
+    names, summaries = [], []
+    for seed, (plain_s, adversarial_s) in enumerate([(100.0, 250.0), (110.0, 260.0), (90.0, 240.0)]):
+        names += ["plain", "adversarial"]
+        summaries += [_text_summary(seed, False, plain_s), _text_summary(seed, True, adversarial_s)]
+    result = compare(names, summaries)
+    assert result is not None
+    rows, lines = result
+    text = "\n".join(lines)
+    by = {(r.setting, r.split, r.measure): r for r in rows}
+    expected = {("validation", "deepwordbug"): (5 / 3, -2.0, 4.0), ("validation", "typos"): (2.0, 1.0, 3.0),
+                ("movies", "deepwordbug"): (-5.0, -10.0, 0.0), ("movies", "typos"): (0.0, 0.0, 0.0)}
+    for (split, attack), (mean, low, high) in expected.items():
+        row = by["adversarial", split, attack]
+        assert (row.diff_mean, row.diff_low, row.diff_high) == pytest.approx((mean, low, high), abs=1e-9)
+        assert row.attack == attack and row.radius is None and row.seeds_paired == 3
+    assert not any(r.attack == "deepwordbug_queries" or r.split.endswith("queries") for r in rows)
+    # Seconds less the PGD attack's 20 s and the text attacks' 35 s: medians 45 and 195.
+    assert by["adversarial", "validation", None].seconds == 195.0 and by["plain", "movies", "typos"].seconds == 45.0
+    assert ("Accuracy (points) under the text attacks (deepwordbug, typos on 256 examples of each split (seed 0;"
+            " typos at rate 0.1), against the exported final weights). Median (IQR) over seeds:") in text
+    assert "| setting | validation deepwordbug | validation typos | movies deepwordbug | movies typos |" in text
+    assert "| plain | 32.0 (31.0–33.5) | 71.0 (70.5–71.5) | 30.0 (30.0–30.0) | 70.0 (70.0–70.0) |" in text
+    assert (" +6.0 [+3.0, +8.0] | +1.0 [-2.0, +3.0] | +3.0 [+1.0, +5.0] | +0.0 [-2.0, +2.0] | +1.7 [-2.0, +4.0] |"
+            " +2.0 [+1.0, +3.0] | -5.0 [-10.0, +0.0] | +0.0 [+0.0, +0.0] |") in text
+    assert (" Its embedding-space gain (at 0.03) is **not matched** under deepwordbug: on validation deepwordbug"
+            " +1.7 [-2.0, +4.0], typos +2.0 [+1.0, +3.0] points.") in text
+    assert "less its robust accuracy's attack and text attacks" in text
+    write_csv(rows, tmp_path / "compare.csv")
+    with (tmp_path / "compare.csv").open(newline="") as handle:
+        written = {(r["setting"], r["split"], r["radius"], r["attack"]): r for r in csv.DictReader(handle)}
+    assert float(written["adversarial", "movies", "", "deepwordbug"]["diff_low"]) == pytest.approx(-10.0)
+    assert written["adversarial", "movies", "", ""]["diff_mean"] == "0.0" and len(written) == 26
+    assert plot(rows, tmp_path / "compare.png") is not None
+
+
 def test_a_loss_is_compared_as_lower_is_better_in_its_own_units() -> None:
     """data=sft monitors val/loss: a setting whose loss is lower gains, and plain's falling curve has not peaked."""
     names, summaries = [], []
