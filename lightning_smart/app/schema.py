@@ -103,11 +103,21 @@ class EvalConf:
         robust_steps: K, PGD's ascent steps at each radius.
         robust_batches: how many evaluation batches of each split to attack: every k-th batch of the
             length-sorted loader, so that they span the lengths; ``null`` attacks every batch.
+        text_attacks: character-level attacks on the raw text (:mod:`lightning_smart.app.text_attacks`), from
+            ``deepwordbug``, ``pruthi`` (TextAttack's recipes) and ``typos`` (random typos at ``typo_rate``), e.g.
+            ``[deepwordbug, typos]``: on the validation split and every test split, for the exported student and
+            teacher. Empty (default): none. Sequence classification only.
+        text_attack_examples: how many examples of each split the text attacks attack (a sample seeded by
+            ``seed``); ``null`` attacks every example.
+        typo_rate: the probability that ``typos`` gives a word a typo.
     """
 
     robust_radii: list[float] = field(default_factory=list)
     robust_steps: int = 5
     robust_batches: int | None = 4
+    text_attacks: list[str] = field(default_factory=list)
+    text_attack_examples: int | None = 256
+    typo_rate: float = 0.1
 
 
 @dataclass

@@ -28,8 +28,8 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
               val: dict[str, float], test: dict[str, dict[str, float]], steps: int, skipped: int,
               best: tuple[Any, str], exported: dict[str, str], wall_time_s: float,
               curve: list[tuple[int, float]] | None = None, peak_memory: dict[str, Any] | None = None,
-              robust: dict[str, Any] | None = None, test_teacher: dict[str, dict[str, float]] | None = None
-              ) -> dict[str, Any]:
+              robust: dict[str, Any] | None = None, test_teacher: dict[str, dict[str, float]] | None = None,
+              text_attacks: dict[str, Any] | None = None) -> dict[str, Any]:
     """``summary.json``'s content.
 
     Returns:
@@ -37,9 +37,11 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         validation metrics of the student and of the teacher), ``test`` (per test set, best checkpoint),
         ``test_teacher`` (per test set, the teacher's robust accuracy, or ``None``), ``robust`` (how robust accuracy,
         the ``robust_acc@<radius>`` metrics, was measured:
-        :meth:`~lightning_smart.app.robustness.RobustEvaluation.summary`, or ``None``), ``best`` (score and
-        checkpoint), ``data`` (the data module's ``stats``: split sizes, what was left out, the class names as
-        ``label_names`` and whether they were inferred from the data), ``steps``, ``smart_skipped``,
+        :meth:`~lightning_smart.app.robustness.RobustEvaluation.summary`, or ``None``), ``text_attacks`` (how the
+        text attacks' metrics were measured: :meth:`~lightning_smart.app.text_attacks.TextAttackEvaluation.summary`,
+        or ``None``), ``best`` (score and checkpoint), ``data`` (the data module's ``stats``: split sizes, what was
+        left out, the class names as ``label_names`` and whether they were inferred from the data), ``steps``,
+        ``smart_skipped``,
         ``smart_epsilon`` (the radius in force at the end: ``smart.epsilon``, or ``auto``'s last calibration),
         ``wall_time_s``, ``curve`` (the monitored metric at each validation: ``[step, value]``), ``peak_memory``
         (:class:`PeakMemory`), ``files`` (the metrics CSV, the last checkpoint, the exported ``model`` and ``teacher``
@@ -57,6 +59,7 @@ def summarize(cfg: DictConfig, out: Path, trainer: pl.Trainer, metric: str, data
         "test": test,
         "test_teacher": test_teacher or None,
         "robust": robust,
+        "text_attacks": text_attacks,
         "best": {"score": None if best_score is None else float(best_score),
                  "checkpoint": os.path.relpath(best_path, out) if best_path else None},
         "data": data,
@@ -170,5 +173,11 @@ def print_summary(summary: dict[str, Any], path: Path | None = None) -> None:
         batches = "every batch" if robust["batches"] is None else f"{robust['batches']} batches"
         console.print(f"robust_acc@r: accuracy under PGD (ℓ{'∞' if robust['norm'] == 'inf' else '2'}, r × token RMS,"
                       f" {robust['steps']} steps) on {batches} of each split, {robust['seconds']:.0f} s")
+    text = summary.get("text_attacks")
+    if text:
+        shown = "every example" if text["sample"] is None else f"{text['sample']} examples"
+        seconds = ", ".join(f"{attack} {s:.0f} s" for attack, s in text["seconds"].items())
+        console.print(f"<attack>_acc: accuracy under text attacks on the exported models, {shown} of each split"
+                      f" (seed {text['seed']}, typo rate {text['typo_rate']:g}): {seconds}")
     if path is not None:
         console.print(f"summary: {path}")
