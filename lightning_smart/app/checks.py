@@ -33,6 +33,7 @@ from transformers import AutoConfig
 from lightning_smart._lightning import relaunches_script
 from lightning_smart.app.robustness import check_eval
 from lightning_smart.app.schema import TrainerConf
+from lightning_smart.app.trackers import check_tracker
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import (
     SFTDataConfig,
@@ -185,7 +186,8 @@ def _check_sweeper(cfg: DictConfig, metric: str) -> None:
 
 
 def _check_targets(cfg: DictConfig) -> None:
-    """Every ``callbacks.*`` and ``logger.*`` entry names an importable class (TensorBoard's with its package)."""
+    """Every ``callbacks.*`` and ``logger.*`` entry names an importable class (TensorBoard's, MLflow's and W&B's with
+    their packages: :func:`~lightning_smart.app.trackers.check_tracker`)."""
     for group in ("callbacks", "logger"):
         for name, spec in (cfg.get(group) or {}).items():
             if spec is None:
@@ -197,6 +199,8 @@ def _check_targets(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key} is not allowed: {' '.join(str(err).split())}") from None
             if issubclass(target, TensorBoardLogger) and not (find_spec("tensorboard") or find_spec("tensorboardX")):
                 raise ConfigError(f"logger.{name} needs TensorBoard: pip install tensorboard (or logger=csv)")
+            if group == "logger":
+                check_tracker(name, target, spec)
 
 
 def _check_eval(cfg: DictConfig) -> None:

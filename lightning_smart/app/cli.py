@@ -36,6 +36,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_smart._lightning import is_spawned
+from lightning_smart.app import trackers
 from lightning_smart.app.callbacks import RandomState, ValidationCurve, from_config
 from lightning_smart.app.checkpoints import AtomicCheckpointIO
 from lightning_smart.app.checks import (
@@ -139,6 +140,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
     start = time.perf_counter()
     out = Path(output_dir)
     run = run or build(cfg, out)
+    trackers.start(cfg, run.trainer)  # MLflow, W&B: the composed config as the run's hyperparameters
     checked, model, trainer, checkpoint = run.checked, run.model, run.trainer, run.checkpoint
     memory = PeakMemory(trainer.strategy.root_device)
     trainer.fit(model, datamodule=checked.data, ckpt_path=cfg.ckpt_path, weights_only=True)
@@ -184,6 +186,7 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
 
         write_json(out / "summary.json", summary)
         write_model_cards(out, summary)  # the final metrics, in the exported folders' README.md
+        trackers.finish(trainer, out, summary)  # MLflow, W&B: the summary, the run's files; the run closed
         print_summary(summary, out / "summary.json")
     return summary
 

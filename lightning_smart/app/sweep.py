@@ -36,6 +36,7 @@ from rich.table import Table
 from lightning_smart.app import compare
 from lightning_smart.app.files import replacing
 from lightning_smart.app.summary import error_line, raised
+from lightning_smart.app.trackers import log_sweep
 
 AGGREGATED_OVER = ("seed",)
 log = logging.getLogger(__name__)
@@ -287,6 +288,7 @@ class AggregateSweep(HydraCallback):
         failed = failures(jobs, sweep)
         try:
             write(sweep)
+            log_sweep(config)  # MLflow, W&B: the reports in a run of the sweep's own
         except Exception:
             if not failed:
                 raise

@@ -53,7 +53,8 @@ def test_every_group_has_its_presets() -> None:
     assert found["teacher"] == {"paper", "off", "half_life"}
     assert {"minilm", "minilm_l2", "hub", "causal_lm"} <= found["model"]
     assert {"movies", "movies_rating", "movies_ood", "trec", "csv", "jsonl", "hub", "sft", "tokens"} <= found["data"]
-    assert found["trainer"] == {"cpu", "gpu_bf16", "ddp", "fsdp"} and found["logger"] == {"csv", "tensorboard"}
+    assert found["trainer"] == {"cpu", "gpu_bf16", "ddp", "fsdp"}
+    assert found["logger"] == {"csv", "tensorboard", "mlflow", "wandb"}
     assert found["callbacks"] == {"default"}
     assert found["hparams_search"] == {"optuna"} and found["experiment"]
 
@@ -86,6 +87,8 @@ def _preset_overrides(group: str, name: str, tmp_path: Path) -> list[str]:
         extra += ["trainer.accelerator=cpu", "trainer.devices=1"]
     elif group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
+    elif (group, name) == ("logger", "mlflow"):  # building opens the store: here, not MLflow's default in the cwd
+        extra.append(f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}")
     return [f"{group}={name}", *extra]
 
 
