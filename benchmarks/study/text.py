@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification
 
 from lightning_smart.app.stats import bootstrap
 from lightning_smart.text_attack import ATTACKS, classifier, run_attack, sample, scores
-from study.runner import build_task, compose_run, stored, train_one
+from study.runner import append, build_task, compose_run, stored, train_one
 from study.settings import ADVERSARIAL, Bench, Run, acting_radii, stored_probe
 
 TEXT_SETTINGS = ("plain", "auto", "paper")
@@ -33,6 +33,8 @@ TEXT_SEED = 0
 """The seed of each split's sample and of the attacks' random characters: the same for every run."""
 TYPO_RATE = 0.1
 TEXT = "text_attacks.jsonl"
+REPRODUCED = "reproduced.jsonl"
+"""Where a rerun for its weights is kept, beside the study's other reruns."""
 CLEAN = ("val", "curve", "steps_done")
 """What a retrained run must reproduce of its stored row (with every test split's clean metrics)."""
 
@@ -49,12 +51,13 @@ def final_weights(run: Run, bench: Bench, out: Path) -> tuple[Path, bool | None]
     folder = out / "weights" / key
     if (folder / "config.json").is_file():
         return folder, None
-    row = train_one(run, bench, folder, attack=False)
+    row = json.loads(json.dumps(train_one(run, bench, folder, attack=False)))  # tuples as the stored lists
     before = next((r for r in stored(out) if r["key"] == key), None)
     if before is None:
         return folder, None
-    fields = [*CLEAN, *before["splits"][1:]]
-    return folder, all(row.get(f) == before.get(f) for f in fields if f != "robust")
+    append(out / REPRODUCED, row | {"key": key, "bench": asdict(bench), "rerun_for": "text attacks"})
+    fields = [*CLEAN, *(s for s in before["splits"][1:] if s != "robust")]
+    return folder, all(row.get(f) == before.get(f) for f in fields)
 
 
 def attack_run(run: Run, bench: Bench, out: Path, examples: int = TEXT_EXAMPLES) -> dict[str, Any]:
