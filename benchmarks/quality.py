@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         bench = QUICK_ADVERSARIAL if args.quick else ADVERSARIAL_BENCH
         lr, steps = REGIMES[args.task]
         runs = text_plan(args.task, parse_seeds(args.seeds or ("0" if args.quick else "0-4")), lr,
-                         4 if args.quick else steps)
+                         4 if args.quick else steps, args.settings)
         execute(runs, bench, args.out, args.jobs, args.threads)  # the runs not stored yet, with their weights
         done = {row["key"] for row in text_rows(args.out)}
         todo = [run for run in runs if f"text-{run.key(bench)}" not in done]

@@ -39,9 +39,14 @@ CLEAN = ("val", "curve", "steps_done")
 """What a retrained run must reproduce of its stored row (with every test split's clean metrics)."""
 
 
-def text_plan(task: str, seeds: list[int], lr: float, steps: int) -> list[Run]:
-    """The runs the text attacks attack: each of :data:`TEXT_SETTINGS` at each seed."""
-    return [Run(task, name, ADVERSARIAL[name], seed, lr, steps) for seed in seeds for name in TEXT_SETTINGS]
+def text_plan(task: str, seeds: list[int], lr: float, steps: int, names: str | None = None) -> list[Run]:
+    """The runs the text attacks attack: each of :data:`TEXT_SETTINGS` (or those of them ``names`` lists, comma
+    separated) at each seed."""
+    chosen = TEXT_SETTINGS if names is None else tuple(n for n in names.split(",") if n)
+    unknown = [n for n in chosen if n not in TEXT_SETTINGS]
+    if unknown:
+        raise SystemExit(f"--settings: unknown {unknown}; the text attacks' settings are {', '.join(TEXT_SETTINGS)}")
+    return [Run(task, name, ADVERSARIAL[name], seed, lr, steps) for seed in seeds for name in chosen]
 
 
 def final_weights(run: Run, bench: Bench, out: Path) -> tuple[Path, bool | None]:
