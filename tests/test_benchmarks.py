@@ -463,3 +463,36 @@ def test_gpu_check_refuses_a_missing_dependency_without_wheels_naming_the_fill_c
     monkeypatch.setitem(gpu_check.NEEDED, "no_such_module_here", "no-such-dist")
     with pytest.raises(SystemExit, match=r"missing \['no-such-dist'\] and no wheels in .*pip wheel --no-deps"):
         gpu_check.install_from_wheels(tmp_path)
+
+
+def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_whether_the_gain_holds() -> None:
+    """Fixed rows of ``runs.jsonl`` and ``text_attacks.jsonl``: the paired differences by hand (the same on every
+    seed, so each interval is that point) and the verdict."""
+    text = load_benchmark("study.text")
+    grid = load_benchmark("study.settings").PROBE_GRID
+    strong = grid[3]
+    probe = {"kind": "probe", "key": "probe-x", "task": "trec", "settings": [
+        {"name": f"relative {e:g}", "epsilon": e, "relative": True, "ratio": r}
+        for e, r in zip(grid, (0.01, 0.1, 1.5, 12.0, 30.0, 40.0), strict=True)]}
+    accuracy = {"plain": (0.90, 0.40, 0.30, 0.20, 0.70), "paper": (0.89, 0.55, 0.31, 0.18, 0.72)}  # clean, PGD, ...
+    runs, attacked = [probe], []
+    for seed in range(3):
+        for setting, (clean, pgd, dwb, pruthi, typos) in accuracy.items():
+            key = f"{setting}{seed}"
+            runs.append({"key": key, "task": "trec", "setting": setting, "seed": seed, "splits": ["val", "trec"],
+                         "trec": {"acc": clean}, "robust_radii": {"radii": [strong], "acc": [pgd]}})
+            found = {"deepwordbug": dwb, "pruthi": pruthi, "typos": typos}
+            attacked.append({"key": f"text-{key}", "of": key, "task": "trec", "setting": setting, "seed": seed,
+                             "examples": 256, "typo_rate": 0.1, "reproduced": None,
+                             "splits": {"trec": {a: {"accuracy": v} for a, v in found.items()}}})
+    lines = "\n".join(text.text_tables(runs, attacked))
+    point = "{0} [{0}, {0}]".format
+    assert (f"| setting | seeds | clean | PGD r = {strong:g} | trec deepwordbug | trec pruthi | trec typos |"
+            in lines)
+    assert (f"| paper | 3 | {point('-1.0')} | {point('+15.0')} | {point('+1.0')} | {point('-2.0')} |"
+            f" {point('+2.0')} |") in lines
+    assert "plain, mean accuracy under attack (%): trec deepwordbug 30.0, trec pruthi 20.0, trec typos 70.0" in lines
+    assert lines.rstrip().endswith(
+        f"- paper: PGD at {strong:g}: {point('+15.0')} (a gain); trec deepwordbug {point('+1.0')} (a gain); trec"
+        f" pruthi {point('-2.0')} (a loss); trec typos {point('+2.0')} (a gain); its embedding-space gain is **not"
+        " matched** under the text attacks.")
