@@ -33,6 +33,7 @@ from transformers import AutoConfig
 from lightning_smart._lightning import relaunches_script
 from lightning_smart.app.robustness import check_eval
 from lightning_smart.app.schema import TrainerConf
+from lightning_smart.app.text_attacks import check_text_attacks
 from lightning_smart.app.trackers import check_tracker
 from lightning_smart.config import ConfigError, SmartConfig, TeacherConfig
 from lightning_smart.data import (
@@ -204,9 +205,13 @@ def _check_targets(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    """``eval.*``: the attack's values, and a task it can score (:func:`lightning_smart.app.robustness.check_eval`)."""
+    """``eval.*``: the attacks' values, and a task they can score (:func:`lightning_smart.app.robustness.check_eval`,
+    :func:`lightning_smart.app.text_attacks.check_text_attacks`)."""
     check_eval(OmegaConf.to_container(cfg.eval.robust_radii), cfg.eval.robust_steps,  # type: ignore[arg-type]
                cfg.eval.robust_batches, kind=_data_kind(cfg), num_labels=cfg.data.num_labels)
+    check_text_attacks(OmegaConf.to_container(cfg.eval.text_attacks), cfg.eval.text_attack_examples,  # type: ignore[arg-type]
+                       cfg.eval.typo_rate, kind=_data_kind(cfg), num_labels=cfg.data.num_labels,
+                       pairs=cfg.data.get("text_pair_column") is not None)
 
 
 def check(cfg: DictConfig) -> Checked:

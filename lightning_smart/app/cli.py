@@ -53,6 +53,7 @@ from lightning_smart.app.robustness import RobustEvaluation, refuse_sharded
 from lightning_smart.app.schema import register_configs
 from lightning_smart.app.summary import PeakMemory, error_line, print_summary, summarize, summarize_failure
 from lightning_smart.app.sweep import FailedJob
+from lightning_smart.app.text_attacks import TextAttackEvaluation
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.data import SFTDataModule, TaggingDataModule
 from lightning_smart.sharding import is_sharded
@@ -176,10 +177,17 @@ def train(cfg: DictConfig, output_dir: str | Path, run: Run | None = None) -> di
             test_teacher[name] = {}
             robust.run(f"test/{name}", loader, test[name], test_teacher[name])  # the weights the test just used
     robust.log(trainer)
+    text = TextAttackEvaluation.from_config(cfg, trainer, checked.data.tokenizer, out, exported)
+    if text.attacks:  # the exported folders: the final student and teacher, whole under any strategy
+        splits = checked.data.load()
+        text.run("val", splits.val, val)
+        for name in test:
+            text.run(f"test/{name}", splits.test[name], test[name], test_teacher[name])
+        text.log(trainer)
     summary = summarize(cfg, out, trainer, checked.metric, checked.data.stats, val=val, test=test, steps=steps,
                         skipped=skipped, best=(best_score, best_path), exported=exported,
                         wall_time_s=time.perf_counter() - start, curve=curve,
-                        peak_memory=memory.read(), robust=robust.summary(),
+                        peak_memory=memory.read(), robust=robust.summary(), text_attacks=text.summary(),
                         test_teacher={k: v for k, v in test_teacher.items() if v})
     if trainer.is_global_zero:
         from lightning_smart.app.model_card import write_model_cards
