@@ -1,22 +1,27 @@
 """SMART and its teacher under FSDP2 (``ModelParallelStrategy``, 2 CPU processes over gloo) against one process.
 
 Each fit runs ``fsdp_fit.py`` in a subprocess (the strategy re-launches its script per rank): 3 optimizer steps of
-SMART (λs = 1, K = 1) with the EMA teacher (μ = 1), the same global batches in one process and split over 2 ranks.
+SMART (λs = 1, K = 1) with the EMA teacher (μ = 1), the same global batches in one process and split over 2 ranks,
+a distributed checkpoint after every step; a fit killed (SIGKILL, every rank) in the middle of a save or of a step,
+and resumed from its ``last.ckpt``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from lightning_smart.app.checks import check, check_checkpoint
+from lightning_smart.app.checks import check, check_checkpoint, data_module
+from lightning_smart.attack import robust_accuracy_by_radius
 from lightning_smart.config import ConfigError
 from lightning_smart.tasks import SequenceTask
 from tests.helpers.app import TINY, app_config, smart_train
@@ -26,12 +31,15 @@ from tests.helpers.models import tiny_bert
 SCRIPT = Path(__file__).parent / "helpers" / "fsdp_fit.py"
 
 
-def fit(out: Path, *args: str, fails: bool = False) -> str:
-    """Run ``fsdp_fit.py`` into ``out``; its combined output (checked to end as ``fails`` says)."""
+def fit(out: Path, *args: str, fails: bool = False, killed: bool = False) -> str:
+    """Run ``fsdp_fit.py`` into ``out``; its combined output (checked to end as ``fails`` says, or by SIGKILL)."""
     done = subprocess.run([sys.executable, str(SCRIPT), str(out), *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     output = done.stdout + done.stderr
-    assert (done.returncode != 0) == fails, output[-3000:]
+    if killed:
+        assert done.returncode == -signal.SIGKILL, output[-3000:]
+    else:
+        assert (done.returncode != 0) == fails, output[-3000:]
     return output
 
 
@@ -120,16 +128,44 @@ def test_a_functional_call_teacher_is_caught_mixing_student_and_teacher(tmp_path
     assert min(_teacher_errors(tmp_path, "bert")) > 1e-3
 
 
-def test_sharded_resume_mid_run_is_exact(runs: dict[str, Path], tmp_path: Path) -> None:
-    # The straight run saved a distributed checkpoint at every step: resumed from step 2's, the run ends as it did.
-    checkpoint = runs["bert_fsdp"] / "checkpoints" / "step2.ckpt"
-    assert sorted(p.name for p in checkpoint.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
-    fit(tmp_path / "resumed", "--kind", "bert", "--devices", "2", "--resume", str(checkpoint))
+SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def test_a_sharded_run_publishes_each_checkpoint_whole(runs: dict[str, Path]) -> None:
+    # Each save went to a folder beside its name; a new name is that folder renamed, last.ckpt a link to the newest.
+    checkpoints = runs["bert_fsdp"] / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        ".last.step3.ckpt", "last.ckpt", "step1.ckpt", "step2.ckpt", "step3.ckpt"]
+    assert os.readlink(checkpoints / "last.ckpt") == ".last.step3.ckpt"  # relative: the folder can be moved
+    for name in ("step1.ckpt", "step2.ckpt", "step3.ckpt", "last.ckpt"):
+        assert sorted(p.name for p in (checkpoints / name).iterdir()) == SHARDS, name
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 3
+
+
+@pytest.mark.slow  # two fits
+@pytest.mark.parametrize("moment", ["writing", "step"])
+def test_a_sharded_run_killed_mid_save_or_mid_step_resumes_as_one_never_stopped(
+    runs: dict[str, Path], tmp_path: Path, moment: str
+) -> None:
+    # SIGKILL on every rank, as a preemption: in the save of last.ckpt after step 2, each rank's shards written but
+    # not the save's end (its metadata, the publication); or at the start of step 3, between two saves.
+    killed = tmp_path / "killed"
+    fit(killed, "--kind", "bert", "--devices", "2", "--kill-at", "2", "--kill-when", moment, killed=True)
+    checkpoints, saved = killed / "checkpoints", 1 if moment == "writing" else 2
+    last = checkpoints / "last.ckpt"
+    assert os.readlink(last) == f".last.step{saved}.ckpt"
+    assert sorted(p.name for p in last.iterdir()) == SHARDS
+    assert torch.load(last / "meta.pt", weights_only=True)["global_step"] == saved
+    if moment == "writing":  # the save cut short, out of last.ckpt's way: both shards, no metadata
+        assert sorted(p.name for p in (checkpoints / ".last.step2.ckpt").iterdir()) == ["__0_0.distcp", "__1_0.distcp"]
+    check_checkpoint(str(last), SequenceTask(tiny_bert(dropout=0.0), num_labels=3))
+    fit(tmp_path / "resumed", "--kind", "bert", "--devices", "2", "--resume", str(last))
     straight, resumed = torch.load(runs["bert_fsdp"] / "end.pt"), torch.load(tmp_path / "resumed" / "end.pt")
     for part in ("ema", "student"):
         assert straight[part].keys() == resumed[part].keys()
         assert all(torch.equal(straight[part][n], resumed[part][n]) for n in straight[part]), part
-    assert losses(tmp_path / "resumed", 2) == losses(runs["bert_fsdp"], 2)[2:]
+    assert losses(killed, 2) == losses(runs["bert_fsdp"], 2)[:2]
+    assert losses(tmp_path / "resumed", 2) == losses(runs["bert_fsdp"], 2)[saved:]
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
@@ -186,21 +222,63 @@ def _outputs(out: Path) -> set[str]:
     return found
 
 
-def test_smart_train_with_trainer_fsdp_writes_what_a_single_process_run_writes(tmp_path: Path) -> None:
-    single = smart_train([*APP, f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path)
+# Robust accuracy where the attack flips predictions of the 4-step model, on 3 of the 8 evaluation batches of each
+# split: rank 0 attacks two of them, rank 1 the third and one more that it does not count.
+RADII = [0.3, 1.0]
+ROBUST = ["data.eval_batch_size=8", "eval.robust_radii=[1.0,0.3]", "eval.robust_steps=3", "eval.robust_batches=3"]
+
+
+def _attacked_in_one_process(folder: Path, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Clean accuracy and robust accuracy at each of :data:`RADII` of the exported model in ``folder``, loaded by its
+    Auto class and attacked here, in one process (:func:`robust_accuracy_by_radius`)."""
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+
+    def forward(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    return robust_accuracy_by_radius(model, model.base_model.embeddings, forward, batches, RADII, steps=3,
+                                     relative=True)
+
+
+@pytest.mark.slow  # two app runs, each attacking
+def test_smart_train_with_trainer_fsdp_writes_what_a_single_process_run_writes_and_attacks_sharded(
+    tmp_path: Path,
+) -> None:
+    single = smart_train([*APP, *ROBUST, f"hydra.run.dir={tmp_path / 'single'}"], cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    sharded = smart_train(["trainer=fsdp", "trainer.devices=2", *APP, f"hydra.run.dir={tmp_path / 'fsdp'}"],
+    sharded = smart_train(["trainer=fsdp", "trainer.devices=2", *APP, *ROBUST, f"hydra.run.dir={tmp_path / 'fsdp'}"],
                           cwd=tmp_path)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     one, two = _outputs(tmp_path / "single"), _outputs(tmp_path / "fsdp")
-    assert one <= two and two - one == {"train_ddp_process_1.log"}  # Hydra's log of the re-launched rank 1
-    assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt").is_dir()  # a distributed checkpoint: one shard per rank
+    # Beside what one process writes: Hydra's log of the re-launched rank 1, and the folder last.ckpt links to.
+    assert one <= two and two - one == {"train_ddp_process_1.log", "checkpoints/.last.step4.ckpt"}
+    checkpoints = tmp_path / "fsdp" / "checkpoints"
+    assert os.readlink(checkpoints / "last.ckpt") == ".last.step4.ckpt"
+    for name in ("last.ckpt", "best-step4.ckpt"):  # distributed checkpoints: one shard per rank
+        assert sorted(p.name for p in (checkpoints / name).iterdir()) == SHARDS
     summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("single", "fsdp")]
     assert summaries[0].keys() == summaries[1].keys() and summaries[1]["steps"] == 4
     assert summaries[0]["val"].keys() == summaries[1]["val"].keys()
     teacher = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "teacher")
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fsdp" / "model")
     assert any(not torch.equal(a, b) for a, b in zip(teacher.parameters(), student.parameters(), strict=True))
+
+    # The sharded attack's figures are those of one process attacking the same weights on the same examples: the
+    # exported folders (the final weights; the test split's are the best checkpoint's, here the final step).
+    found = summaries[1]
+    assert found["best"]["checkpoint"] == "checkpoints/best-step4.ckpt"
+    assert found["robust"]["examples"] == {"val": 24, "test/movies": 24}
+    with app_config([*APP, *ROBUST]) as cfg:
+        data = data_module(cfg.data)
+    data.setup("fit")
+    batches = {"val": list(data.val_dataloader())[::2][:3], "movies": list(data.test_dataloader()[0])[::2][:3]}
+    figures = {("model", "val"): found["val"], ("model", "movies"): found["test"]["movies"],
+               ("teacher", "val"): found["val_teacher"], ("teacher", "movies"): found["test_teacher"]["movies"]}
+    for (folder, split), metrics in figures.items():
+        expected = _attacked_in_one_process(tmp_path / "fsdp" / folder, batches[split])
+        assert [metrics[f"robust_acc@{r:g}"] for r in RADII] == expected["robust_acc"], (folder, split)
+        if (folder, split) == ("model", "val"):  # radii at which the attack bites
+            assert 0 == expected["robust_acc"][1] < expected["robust_acc"][0] < expected["clean_acc"]
 
 
 REFUSED = {

@@ -7,6 +7,10 @@ input and under every attack of radius ≤ r (:func:`~lightning_smart.attack.rob
 is deterministic (δ starts at zero, the model in eval mode, no random draw), so it leaves training's random stream
 and every other metric of the run as they were.
 
+Under FSDP2 (``trainer=fsdp``) the attack runs on the sharded model: every rank attacks its share of those batches
+(:func:`shares`), and the counts are summed over the ranks, so the figures are those of one process attacking every
+batch with the same weights. The validated teacher is loaded from its exported folder and sharded like the student.
+
 The metrics are named like the task's: ``robust_acc@0.03`` under ``val/``, ``test/<split>/`` and with the
 ``_teacher`` suffix for the teacher.
 """
@@ -22,10 +26,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ParallelStrategy, Strategy
 
 from lightning_smart.attack import robust_accuracy_by_radius
 from lightning_smart.config import ConfigError
+from lightning_smart.sharding import is_sharded, shard_transformer
 from lightning_smart.tasks import FineTuneTask, SequenceTask
 
 NORM = "inf"
@@ -77,17 +82,17 @@ def check_eval(radii: Sequence[Any], steps: Any, batches: Any, *, kind: str, num
 
 
 def refuse_sharded(strategy: Strategy, radii: Sequence[float]) -> None:
-    """Refuse the attack under a strategy that shards the weights: it runs on one process's whole model.
+    """Refuse the attack under a strategy that flattens the weights behind a wrapper of its own (Lightning's FSDP1,
+    DeepSpeed stage 3). FSDP2 (``ModelParallelStrategy``, ``trainer=fsdp``) runs it on the sharded model.
 
     Raises:
-        ConfigError: for FSDP (``ModelParallelStrategy``, ``FSDPStrategy``) and DeepSpeed stage 3, with radii listed.
+        ConfigError: for ``FSDPStrategy`` and DeepSpeed stage 3, with radii listed.
     """
-    sharded = isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)) or (
-        isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
-    if radii and sharded:
+    deepspeed_3 = isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+    if radii and (isinstance(strategy, FSDPStrategy) or deepspeed_3):
         raise ConfigError(f"eval.robust_radii={list(radii)!r} is not allowed with {type(strategy).__name__}: the attack"
-                          " runs on one process's whole model, and this strategy shards it; attack the exported model/"
-                          " folder afterwards (lightning_smart.attack), or train with trainer.strategy=ddp")
+                          " runs on a whole model or on FSDP2's sharded one, not on this strategy's flattened"
+                          " parameters; train with trainer=fsdp (FSDP2) or trainer.strategy=ddp")
 
 
 def attacked_batches(loader: Iterable[Any], count: int | None) -> list[Any]:
@@ -105,25 +110,59 @@ def attacked_batches(loader: Iterable[Any], count: int | None) -> list[Any]:
     return batches[::stride][:count]
 
 
+def shares(batches: Sequence[Any], rank: int, world: int) -> tuple[list[Any], list[Any]]:
+    """Rank ``rank``'s share of ``batches`` (every ``world``-th, from its own rank on), and the batches it attacks
+    besides without counting them: under FSDP2 every forward and backward is a collective of all ranks, so each rank
+    runs as many attacks as the rank with the most batches.
+
+    Example:
+        >>> shares(["a", "b", "c"], 0, 2), shares(["a", "b", "c"], 1, 2), shares(["a"], 1, 2)
+        ((['a', 'c'], []), (['b'], ['a']), ([], ['a']))
+    """
+    mine = list(batches[rank::world])
+    most = -(-len(batches) // world)
+    return mine, list(batches[: most - len(mine)])
+
+
 def robust_metrics(task: FineTuneTask, loader: Iterable[Any], radii: Sequence[float], *, steps: int,
-                   batches: int | None, device: torch.device) -> tuple[dict[str, float], int]:
+                   batches: int | None, device: torch.device,
+                   strategy: ParallelStrategy | None = None) -> tuple[dict[str, float], int]:
     """Robust accuracy of ``task``'s current weights at each radius, on :func:`attacked_batches` of ``loader``.
 
-    Runs in float32 on ``device`` (``task`` is moved there for the attack and back after).
+    Runs in float32 on ``device`` (a whole ``task`` is moved there for the attack and back after).
+
+    Args:
+        task, loader, radii, steps, batches, device: what to attack, on what, and how.
+        strategy: for a sharded ``task``, the strategy whose ranks share the batches (:func:`shares`; every rank
+            calls this, with the same ``loader``), the counts summed over them; ``None``: this process attacks every
+            batch.
 
     Returns:
         ``{metric_name(r): accuracy}`` for each radius, and the number of examples attacked.
     """
+    rank, world = (strategy.global_rank, strategy.world_size) if strategy is not None else (0, 1)
     home = next(task.parameters()).device
-    task.to(device)
+    whole = not is_sharded(task)
+    if whole:
+        task.to(device)
     try:
         chosen = [move_data_to_device(batch, device) for batch in attacked_batches(loader, batches)]
-        result = robust_accuracy_by_radius(task, task.smart_perturbation_site(), task.smart_forward, chosen, radii,
-                                           steps=steps, norm=NORM, relative=True)
+        mine, padding = shares(chosen, rank, world)
+        site, forward = task.smart_perturbation_site(), task.smart_forward
+        result = robust_accuracy_by_radius(task, site, forward, mine, radii, steps=steps, norm=NORM, relative=True)
+        if padding:
+            robust_accuracy_by_radius(task, site, forward, padding, radii, steps=steps, norm=NORM, relative=True)
     finally:
-        task.to(home)
-    accuracy = {metric_name(r): float(a) for r, a in zip(result["radii"], result["robust_acc"], strict=True)}
-    return accuracy, int(result["n"])
+        if whole:
+            task.to(home)
+    n = int(result["n"])
+    # Back to counts (each fraction is a count over n, which round() recovers exactly), summed over the ranks.
+    counts = torch.tensor([n, *(round(a * n) for a in result["robust_acc"])], dtype=torch.int64, device=device)
+    if strategy is not None:
+        counts = strategy.reduce(counts, reduce_op="sum")
+    total, *right = (int(c) for c in counts)
+    accuracy = {metric_name(r): k / max(total, 1) for r, k in zip(result["radii"], right, strict=True)}
+    return accuracy, total
 
 
 class RobustEvaluation:
@@ -131,7 +170,8 @@ class RobustEvaluation:
 
     :meth:`run` attacks one split and adds the results to that split's metrics; :meth:`log` hands them all to the
     run's loggers (``metrics.csv``) at the final step; :meth:`summary` says how they were measured. It acts on the
-    global-zero process only (where ``summary.json`` is written), and not at all with no radius.
+    global-zero process only (where ``summary.json`` is written), or on every rank of a sharded student, and not at
+    all with no radius.
 
     Args:
         radii, steps, batches: ``eval.robust_radii``, ``eval.robust_steps``, ``eval.robust_batches``.
@@ -139,13 +179,16 @@ class RobustEvaluation:
         device: where the attack runs (the strategy's root device).
         teacher: the exported ``teacher/`` folder (``save_pretrained``), or ``None`` without a validated teacher.
         active: whether this process attacks at all.
+        strategy: for a sharded student, the strategy whose ranks share the attack (:func:`robust_metrics`).
     """
 
     def __init__(self, radii: Sequence[float], steps: int, batches: int | None, student: FineTuneTask,
-                 device: torch.device, teacher: Path | None = None, active: bool = True) -> None:
+                 device: torch.device, teacher: Path | None = None, active: bool = True,
+                 strategy: ParallelStrategy | None = None) -> None:
         self.radii = sorted(float(r) for r in radii) if active else []
         self.steps, self.batches, self.student, self.device = steps, batches, student, device
         self.teacher_folder = teacher
+        self.strategy = strategy
         self._teacher: FineTuneTask | None = None
         self.logged: dict[str, float] = {}
         self.examples: dict[str, int] = {}
@@ -154,16 +197,27 @@ class RobustEvaluation:
     @classmethod
     def from_config(cls, eval_cfg: Any, trainer: pl.Trainer, student: FineTuneTask,
                     teacher: Path | None) -> RobustEvaluation:
-        """From the run's ``eval`` section and its Trainer."""
+        """From the run's ``eval`` section and its Trainer. With a sharded student every rank calls it: rank 0, which
+        exported the teacher, names its folder to the others."""
+        strategy = trainer.strategy
+        if not is_sharded(student):
+            return cls(list(eval_cfg.robust_radii), eval_cfg.robust_steps, eval_cfg.robust_batches, student,
+                       strategy.root_device, teacher, active=trainer.is_global_zero)
+        assert isinstance(strategy, ParallelStrategy)
+        teacher = strategy.broadcast(teacher)
         return cls(list(eval_cfg.robust_radii), eval_cfg.robust_steps, eval_cfg.robust_batches, student,
-                   trainer.strategy.root_device, teacher, active=trainer.is_global_zero)
+                   strategy.root_device, teacher, strategy=strategy)
 
     @property
     def teacher(self) -> FineTuneTask | None:
-        """The teacher as a task of its own, loaded once from its folder (the EMA weights the run exported)."""
+        """The teacher as a task of its own, loaded once from its folder (the EMA weights the run exported); with a
+        sharded student, sharded like it over the same mesh (each rank holds its share)."""
         if self._teacher is None and self.teacher_folder is not None:
             student: Any = self.student
-            self._teacher = SequenceTask(str(self.teacher_folder), num_labels=student.num_labels, smart=student.smart)
+            teacher = SequenceTask(str(self.teacher_folder), num_labels=student.num_labels, smart=student.smart)
+            if self.strategy is not None:
+                shard_transformer(teacher.model, student.device_mesh["data_parallel"])
+            self._teacher = teacher
         return self._teacher
 
     def run(self, split: str, loader: Iterable[Any], into: dict[str, float],
@@ -175,12 +229,12 @@ class RobustEvaluation:
         start = time.perf_counter()
         loader = list(loader)  # iterated once per model
         found, self.examples[split] = robust_metrics(self.student, loader, self.radii, steps=self.steps,
-                                                     batches=self.batches, device=self.device)
+                                                     batches=self.batches, device=self.device, strategy=self.strategy)
         into |= found
         self.logged |= {f"{split}/{name}": value for name, value in found.items()}
         if self.teacher is not None:
             found, _ = robust_metrics(self.teacher, loader, self.radii, steps=self.steps, batches=self.batches,
-                                      device=self.device)
+                                      device=self.device, strategy=self.strategy)
             if into_teacher is None:
                 into |= {f"{name}_teacher": value for name, value in found.items()}
             else:
@@ -206,4 +260,4 @@ class RobustEvaluation:
 
 
 __all__ = ["NORM", "RobustEvaluation", "attacked_batches", "check_eval", "metric_name", "refuse_sharded",
-           "robust_metrics"]
+           "robust_metrics", "shares"]

@@ -17,14 +17,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from lightning.fabric.connector import _PRECISION_INPUT_STR
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.profilers import SimpleProfiler
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lightning_smart.app import checks, sweep
-from lightning_smart.app.checkpoints import LastCheckpoint
+from lightning_smart.app.checkpoints import AtomicModelCheckpoint, LastCheckpoint
 from lightning_smart.app.cli import AtomicCheckpointIO, build, check, train
 from lightning_smart.app.sweep import Job, aggregate, settings
 from lightning_smart.config import ConfigError
@@ -490,7 +490,7 @@ def test_callbacks_and_loggers_are_config_groups_that_hydra_builds(tmp_path: Pat
                                       "rich_model_summary", "early_stopping"}
         run = build(cfg, tmp_path)
     kinds = {type(cb) for cb in run.trainer.callbacks}
-    assert {ModelCheckpoint, LastCheckpoint, EarlyStopping, EMATeacherCallback} <= kinds
+    assert {AtomicModelCheckpoint, LastCheckpoint, EarlyStopping, EMATeacherCallback} <= kinds
     assert LearningRateMonitor not in kinds and RichProgressBar not in kinds  # dropped; progress_bar=false
     assert run.checkpoint is not None and run.checkpoint.monitor == "val/acc" and run.checkpoint.mode == "max"
     assert Path(str(run.checkpoint.dirpath)) == tmp_path / "checkpoints"

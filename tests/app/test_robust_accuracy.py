@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from transformers import AutoModelForSequenceClassification
 
 from lightning_smart.app.checks import check, data_module
@@ -126,12 +126,13 @@ def test_the_command_line_refuses_a_negative_radius_and_writes_nothing(tmp_path:
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
-def test_a_sharding_strategy_is_refused_with_the_alternative_named() -> None:
-    sharded = pl.Trainer(strategy=ModelParallelStrategy(), accelerator="cpu", devices=2, logger=False).strategy
+def test_fsdp1_is_refused_with_the_alternative_named_and_fsdp2_accepted() -> None:
+    flattened = FSDPStrategy()  # Lightning's FSDP1 (a Trainer with it needs a GPU)
     with pytest.raises(ConfigError) as raised:
-        refuse_sharded(sharded, [0.1])
-    assert str(raised.value) == ("eval.robust_radii=[0.1] is not allowed with ModelParallelStrategy: the attack runs on"
-                                 " one process's whole model, and this strategy shards it; attack the exported model/"
-                                 " folder afterwards (lightning_smart.attack), or train with trainer.strategy=ddp")
-    refuse_sharded(sharded, [])  # no attack, nothing to refuse
+        refuse_sharded(flattened, [0.1])
+    assert str(raised.value) == ("eval.robust_radii=[0.1] is not allowed with FSDPStrategy: the attack runs on a whole"
+                                 " model or on FSDP2's sharded one, not on this strategy's flattened parameters; train"
+                                 " with trainer=fsdp (FSDP2) or trainer.strategy=ddp")
+    refuse_sharded(flattened, [])  # no attack, nothing to refuse
+    refuse_sharded(ModelParallelStrategy(), [0.1])  # FSDP2: tests/test_fsdp.py attacks the sharded model
     refuse_sharded(pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, logger=False).strategy, [0.1])

@@ -4,10 +4,15 @@
 
     python tests/helpers/fsdp_fit.py OUT --kind bert --devices 2 --steps 3 [--resume CKPT] [--functional-call]
         [--checkpointing reentrant|non-reentrant] [--mp-policy] [--perturbed-precision auto|fp32|autocast] [--lora]
+        [--kill-at STEP --kill-when writing|step]
 
 Each rank writes to ``OUT``: its per-step losses, and at the last step (after the step's forwards, where FSDP2's
 root unit is still gathered) the teacher's outputs on its batch, with the batch. Rank 0 also writes θ̃ and the
-student gathered whole (θ̃ alone at that moment, both at the end), and the exported folders.
+student gathered whole (θ̃ alone at that moment, both at the end), and the exported folders. Checkpoints, after
+every step: ``checkpoints/step<N>.ckpt`` (every one kept) and ``checkpoints/last.ckpt`` (the app's callbacks).
+``--kill-at STEP`` SIGKILLs every rank as a preemption would: with ``--kill-when writing``, in the save of
+``last.ckpt`` after optimizer step ``STEP``, once the rank has written its shards and before the save completes; with
+``step``, at the start of the training step after ``STEP`` optimizer steps.
 ``--functional-call`` replaces the sharded teacher's forward by a ``torch.func.functional_call`` swap of whole
 tensors, to show that the checks of :mod:`test_fsdp` catch the silent student/teacher mix it gives.
 """
@@ -17,13 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -33,6 +39,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).parents[2]))  # the checkout, for tests.helpers
 from lightning_smart import EMATeacherCallback, SmartConfig
+from lightning_smart.app.checkpoints import AtomicModelCheckpoint, LastCheckpoint
 from lightning_smart.app.export import export_pretrained
 from lightning_smart.ema import ShardedEMA, eval_mode
 from lightning_smart.sharding import shard_transformer
@@ -61,10 +68,26 @@ def examples(kind: str, n: int) -> list[dict[str, torch.Tensor]]:
 
 
 class Recorded:
-    """What the last step saw, for the test to check against unsharded references."""
+    """What the last step saw, for the test to check against unsharded references; when to die."""
 
-    def __init__(self, out: Path, steps: int) -> None:
-        self.out, self.steps = out, steps
+    def __init__(self, out: Path, steps: int, kill_at_step: int | None = None) -> None:
+        self.out, self.steps, self.kill_at_step = out, steps, kill_at_step
+
+
+def kill_while_writing(step: int) -> None:
+    """SIGKILL each rank as soon as it has written its shards of ``last.ckpt`` after optimizer step ``step``: before
+    DCP's ``.metadata``, Lightning's ``meta.pt`` and the publication of the folder."""
+    from torch.distributed.checkpoint.filesystem import _FileSystemWriter
+
+    write = _FileSystemWriter.write_data
+
+    def write_then_die(self: Any, plan: Any, planner: Any) -> Any:
+        written = write(self, plan, planner)
+        if Path(self.path).name.startswith(f".last.step{step}."):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+    _FileSystemWriter.write_data = write_then_die  # type: ignore[method-assign]
 
 
 def task_class(kind: str, mp_policy: bool) -> type:
@@ -80,8 +103,10 @@ def task_class(kind: str, mp_policy: bool) -> type:
             shard_transformer(self.model, self.device_mesh["data_parallel"], mp_policy=policy)
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            loss = self.smart_loss(batch, batch_idx)
             rec, rank = self.recorded, self.global_rank
+            if rec.kill_at_step == self.global_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            loss = self.smart_loss(batch, batch_idx)
             losses = rec.out / f"losses{rank}.json"
             done = json.loads(losses.read_text()) if losses.exists() else []
             losses.write_text(json.dumps([*done, loss.item()]))
@@ -135,11 +160,15 @@ def main() -> None:
     parser.add_argument("--mp-policy", action="store_true", help="FSDP2's MixedPrecisionPolicy(param_dtype=bf16)")
     parser.add_argument("--perturbed-precision", default="auto")
     parser.add_argument("--lora", action="store_true", help="train a LoRA adapter (peft) and the head only")
+    parser.add_argument("--kill-at", type=int, default=None, help="SIGKILL every rank at this optimizer step")
+    parser.add_argument("--kill-when", choices=["writing", "step"], default="writing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     if args.functional_call:
         ShardedEMA.run = functional_call_run  # type: ignore[method-assign]
+    if args.kill_at is not None and args.kill_when == "writing":
+        kill_while_writing(args.kill_at)
 
     pl.seed_everything(3)
     kind = args.kind
@@ -153,16 +182,17 @@ def main() -> None:
     lora = {"r": 4, "target_modules": targets} if args.lora else None
     task = Task(model, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora) if kind == "llama" else Task(
         model, num_labels=3, smart=smart, lr=1e-2, warmup_ratio=0.0, lora=lora)
-    task.recorded = Recorded(args.out, args.steps)
+    task.recorded = Recorded(args.out, args.steps, args.kill_at if args.kill_when == "step" else None)
     teacher = EMATeacherCallback(mu=1.0, beta=0.5, beta_final=0.9, validate=False)
     sharded = args.devices > 1
     strategy: Any = ModelParallelStrategy(args.devices, tensor_parallel_size=1) if sharded else "auto"
-    checkpoint = ModelCheckpoint(dirpath=args.out / "checkpoints", save_top_k=-1, every_n_train_steps=1,
-                                 filename="step{step}", auto_insert_metric_name=False)
+    checkpoint = AtomicModelCheckpoint(dirpath=args.out / "checkpoints", save_top_k=-1, every_n_train_steps=1,
+                                       filename="step{step}", auto_insert_metric_name=False)
+    last = LastCheckpoint(None, args.out / "checkpoints", every_n_train_steps=1)
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        callbacks=[teacher, checkpoint], num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[teacher, checkpoint, last], num_sanity_val_steps=0, limit_val_batches=0,
     )
     rows = examples(kind, args.steps * GLOBAL_BATCH)
     rank, world = (trainer.global_rank, trainer.world_size)
