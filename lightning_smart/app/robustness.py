@@ -165,6 +165,15 @@ def robust_metrics(task: FineTuneTask, loader: Iterable[Any], radii: Sequence[fl
     return accuracy, total
 
 
+def log_final(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """``metrics`` to each of the run's loggers at the run's final step (``metrics.csv``'s last rows), if any."""
+    if not metrics:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()
+
+
 class RobustEvaluation:
     """A run's end-of-training attack: the student at its current weights, the teacher from its exported folder.
 
@@ -244,11 +253,7 @@ class RobustEvaluation:
 
     def log(self, trainer: pl.Trainer) -> None:
         """Every result so far, to each of the run's loggers, at the run's final step."""
-        if not self.logged:
-            return
-        for logger in trainer.loggers:
-            logger.log_metrics(self.logged, step=trainer.global_step)
-            logger.save()
+        log_final(trainer, self.logged)
 
     def summary(self) -> dict[str, Any] | None:
         """How robust accuracy was measured, for ``summary.json`` (``None`` when it was not)."""
@@ -259,5 +264,5 @@ class RobustEvaluation:
                 "seconds": round(self.seconds, 1)}
 
 
-__all__ = ["NORM", "RobustEvaluation", "attacked_batches", "check_eval", "metric_name", "refuse_sharded",
+__all__ = ["NORM", "RobustEvaluation", "attacked_batches", "check_eval", "log_final", "metric_name", "refuse_sharded",
            "robust_metrics", "shares"]

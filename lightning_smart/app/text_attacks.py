@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from lightning_smart.app.robustness import log_final
 from lightning_smart.config import ConfigError
 from lightning_smart.data.examples import Examples
 from lightning_smart.text_attack import ATTACKS, classifier, run_attack, sample, scores
@@ -152,11 +153,7 @@ class TextAttackEvaluation:
 
     def log(self, trainer: pl.Trainer) -> None:
         """Every result so far, to each of the run's loggers, at the run's final step."""
-        if not self.logged:
-            return
-        for logger in trainer.loggers:
-            logger.log_metrics(self.logged, step=trainer.global_step)
-            logger.save()
+        log_final(trainer, self.logged)
 
     def summary(self) -> dict[str, Any] | None:
         """How the text attacks were measured, for ``summary.json`` (``None`` when they were not)."""
