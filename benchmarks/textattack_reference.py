@@ -15,7 +15,9 @@ TextAttack runs in an environment of its own, offline, where this script starts 
         --examples 200 --out benchmarks/results/textattack/movies.json
 
 ``--model`` defaults to the study's stored final weights of plain fine-tuning, seed 0, of the task; ``--threads``
-gives both implementations the same number of torch threads (1 by default), so that their times compare.
+gives both implementations the same number of torch threads (1 by default), so that their times compare;
+``--recipes`` runs some of them (``deepwordbug,pruthi`` by default). Each recipe's rows are printed, and written to
+``--out``, as soon as both implementations have run it.
 """
 
 from __future__ import annotations
@@ -115,11 +117,11 @@ def our_side(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     chosen = sample(len(data), args.examples, args.seed)
     spec = {"model": str(model_dir), "tokenizer": str(cfg.data.tokenizer), "max_length": int(cfg.data.max_length),
             "texts": [data.texts[i] for i in chosen], "labels": [int(data.labels[i]) for i in chosen],
-            "seed": args.seed, "threads": args.threads, "recipes": list(RECIPES), "split": split}
+            "seed": args.seed, "threads": args.threads, "recipes": args.recipes, "split": split}
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
     predict = classifier(model, checked.data.tokenizer, max_length=spec["max_length"])
     found: dict[str, Any] = {}
-    for name in RECIPES:
+    for name in args.recipes:
         start = time.perf_counter()
         with torch.no_grad():
             results = run_attack(name, predict, spec["texts"], spec["labels"], seed=args.seed)
@@ -139,8 +141,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for both sides' results")
+    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, of " + ", ".join(RECIPES))
     parser.add_argument("--textattack-side", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.recipes = [name for name in args.recipes.split(",") if name]
+    if any(name not in RECIPES for name in args.recipes):
+        parser.error(f"--recipes {','.join(args.recipes)}: each of {', '.join(RECIPES)}")
     if args.textattack_side is not None:  # inside TextAttack's environment: read the spec, write the results
         spec = json.loads(args.textattack_side.read_text())
         args.textattack_side.with_suffix(".out.json").write_text(json.dumps(textattack_side(spec)))
@@ -148,31 +154,38 @@ def main(argv: list[str] | None = None) -> None:
     if not args.textattack_python:
         parser.error("--textattack-python is required: PY=$(../shared/textattack/make_venv.sh) builds the environment")
     spec, ours = our_side(args)
+    header = [f"{args.task}, split {spec['split']}: {len(spec['texts'])} examples (seed {args.seed}), model"
+              f" {spec['model']}, {args.threads} torch thread(s) each", "",
+              "| recipe | implementation | accuracy under attack | success rate | words perturbed (%) | queries |"
+              " s / example |", "|---|---|---|---|---|---|---|"]
+    print("\n".join(header + [_row(name, "lightning_smart", ours[name], len(spec["texts"])) for name in ours]),
+          flush=True)
     exchange = Path(os.environ.get("TMPDIR", "/tmp")) / f"textattack-spec-{os.getpid()}.json"
-    exchange.write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    subprocess.run([args.textattack_python, __file__, "--textattack-side", str(exchange)], check=True, env=env)
-    theirs = json.loads(exchange.with_suffix(".out.json").read_text())
-    lines = [f"{args.task}, split {spec['split']}: {len(spec['texts'])} examples (seed {args.seed}), model"
-             f" {spec['model']}, {args.threads} torch thread(s) each", "",
-             "| recipe | implementation | accuracy under attack | success rate | words perturbed (%) | queries |"
-             " s / example |", "|---|---|---|---|---|---|---|"]
-    for name in RECIPES:
-        for who, side in (("lightning_smart", ours), ("TextAttack", theirs)):
-            s = summarize(side[name]["results"])
-            lines.append(f"| {RECIPES[name]} | {who} | {100 * s['accuracy']:.1f} | {100 * s['success_rate']:.1f} |"
-                         f" {s['words_perturbed']:.1f} | {s['queries']:.1f} |"
-                         f" {side[name]['seconds'] / len(spec['texts']):.3f} |")
-    lines.append("")
-    for name in RECIPES:
+    theirs: dict[str, Any] = {}
+    rows, notes = [], []
+    for name in args.recipes:  # a recipe at a time, each kept as soon as it is done
+        exchange.write_text(json.dumps(spec | {"recipes": [name]}))
+        subprocess.run([args.textattack_python, __file__, "--textattack-side", str(exchange)], check=True, env=env)
+        theirs |= json.loads(exchange.with_suffix(".out.json").read_text())
+        rows += [_row(name, who, side[name], len(spec["texts"]))
+                 for who, side in (("lightning_smart", ours), ("TextAttack", theirs))]
         m, lo, hi = paired_interval(ours[name]["results"], theirs[name]["results"])
         ratio = ours[name]["seconds"] / theirs[name]["seconds"]
-        lines.append(f"{RECIPES[name]}: accuracy under attack, ours − TextAttack's: {m:+.1f} points [{lo:+.1f},"
+        notes.append(f"{RECIPES[name]}: accuracy under attack, ours − TextAttack's: {m:+.1f} points [{lo:+.1f},"
                      f" {hi:+.1f}] (paired bootstrap over examples); our time per example {ratio:.3f}× TextAttack's")
-    print("\n".join(lines))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"spec": spec, "ours": ours, "textattack": theirs, "table": lines}, indent=1))
+        lines = [*header, *rows, "", *notes]
+        print("\n".join(lines), flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"spec": spec, "ours": ours, "textattack": theirs, "table": lines},
+                                           indent=1))
+
+
+def _row(name: str, who: str, side: dict[str, Any], count: int) -> str:
+    s = summarize(side["results"])
+    return (f"| {RECIPES[name]} | {who} | {100 * s['accuracy']:.1f} | {100 * s['success_rate']:.1f} |"
+            f" {s['words_perturbed']:.1f} | {s['queries']:.1f} | {side['seconds'] / count:.3f} |")
 
 
 if __name__ == "__main__":
