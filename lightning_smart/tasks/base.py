@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
+import transformers
+from packaging.version import Version
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from transformers import get_linear_schedule_with_warmup
@@ -21,6 +23,11 @@ from transformers import get_linear_schedule_with_warmup
 from lightning_smart.config import ConfigError
 from lightning_smart.module import SmartLightningModule
 from lightning_smart.sharding import is_sharded, shard_transformer
+
+# From 5.25, from_pretrained kernelizes by default: on a CUDA, ROCm or XPU device, entering eval or train mode swaps
+# layers (GELU, Llama's RMSNorm and rotary embedding...) for kernels downloaded from the Hub, and raises offline. Off,
+# the step computes on every device what the float64 references check on CPU, with no download.
+_NO_HUB_KERNELS: dict[str, Any] = {"use_kernels": False} if Version(transformers.__version__).release >= (5, 25) else {}
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -88,6 +95,9 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
                    lora: Mapping[str, Any] | None = None, **kwargs: Any) -> nn.Module:
         """A ready model, or ``auto_class.from_pretrained(model, **kwargs, **overrides)``, in train mode.
 
+        Under transformers 5.25 and later, ``use_kernels=False`` unless ``kwargs`` or ``overrides`` set it: no layer is
+        swapped for a kernel from the Hub. A ready model is used as it is.
+
         Args:
             model: a Hub name, a local folder, or a ready model.
             overrides: config values for ``from_pretrained`` (e.g. ``{"num_hidden_layers": 2}``).
@@ -95,8 +105,13 @@ class FineTuneTask(SmartLightningModule, pl.LightningModule):
             lora: ``peft.LoraConfig``'s arguments, or ``None`` to train every weight (:func:`with_lora`).
             kwargs: more ``from_pretrained`` arguments (``num_labels``...).
         """
-        module: nn.Module = (model if isinstance(model, nn.Module)
-                             else self.auto_class.from_pretrained(model, **kwargs, **dict(overrides or {})))
+        module: nn.Module
+        if isinstance(model, nn.Module):
+            module = model
+        else:
+            overrides = dict(overrides or {})
+            defaults = {key: value for key, value in _NO_HUB_KERNELS.items() if key not in kwargs | overrides}
+            module = self.auto_class.from_pretrained(model, **defaults, **kwargs, **overrides)
         config = getattr(module, "config", None)
         if pad_token_id is not None and config is not None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = pad_token_id
