@@ -184,9 +184,10 @@ def attacked(task: SequenceTask, loader: Any, bench: Bench) -> dict[str, Any]:
     return found
 
 
-def stored(out: Path) -> list[dict[str, Any]]:
-    """The runs of ``<out>/runs.jsonl``, each key once (the first: a run stored twice counts once)."""
-    path = out / RUNS
+def stored(out: Path, name: str = RUNS) -> list[dict[str, Any]]:
+    """The rows of ``<out>/<name>`` (``runs.jsonl``: the runs), each key once (the first: a run stored twice counts
+    once)."""
+    path = out / name
     rows: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines() if path.exists() else []:
         if line.strip():

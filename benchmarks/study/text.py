@@ -93,13 +93,7 @@ def attack_run(run: Run, bench: Bench, out: Path, examples: int = TEXT_EXAMPLES)
 
 def text_rows(out: Path) -> list[dict[str, Any]]:
     """The stored rows of ``<out>/text_attacks.jsonl``, each key once (the first)."""
-    path = out / TEXT
-    found: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.strip():
-            row = json.loads(line)
-            found.setdefault(row["key"], row)
-    return list(found.values())
+    return stored(out, TEXT)
 
 
 def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> list[str]:
