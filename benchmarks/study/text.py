@@ -101,7 +101,7 @@ def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> l
     the same runs' clean accuracy, PGD robust accuracy at the task's ε_strong and out-of-domain accuracy; then what
     each setting's embedding-space gain becomes on real text."""
     lines: list[str] = []
-    by_key = {r["key"]: r for r in runs}
+    by_key = {r["key"]: r for r in runs if "key" in r}
     for task in dict.fromkeys(r["task"] for r in attacked):
         mine = [r for r in attacked if r["task"] == task and r["of"] in by_key]
         plain = {r["seed"]: r for r in mine if r["setting"] == "plain"}
