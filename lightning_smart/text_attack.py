@@ -212,9 +212,11 @@ class Attacked:
     queries: int = 0
     changed: set[int] = field(default_factory=set)
     seen: set[str] = field(default_factory=set)
+    original_spans: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.text, self.spans = self.original, word_spans(self.original)
+        self.original_spans = word_spans(self.original)
+        self.text, self.spans = self.original, list(self.original_spans)
 
     @property
     def status(self) -> str:
@@ -311,7 +313,7 @@ def within_distance(example: Attacked, candidate: Candidate, max_distance: int) 
     The edited words' distances, summed, bound the text's from above (the rest of the text is unchanged), so the
     whole texts are compared only when that sum exceeds the bound.
     """
-    original = word_spans(example.original)
+    original = example.original_spans
     edited = example.changed | {candidate.index}
     bound = sum(levenshtein(example.original[slice(*original[i])], candidate.text[slice(*candidate.spans[i])])
                 for i in edited)
