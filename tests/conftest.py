@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist's workers (pyproject's addopts: -n 2) share the cores, and so do the runs each starts (smart-train, the
+# DDP and FSDP ranks): torch's default of one thread a core in every process would oversubscribe them, and OpenMP's
+# threads, which wait for one another, slow many times over on a busy core. Set before torch is imported; inherited by
+# every subprocess.
+if (workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // workers)))
+
 import pytest
 
 from tests.helpers.models import package_folder
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")

@@ -211,6 +211,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("at", "saved"), [(3, 2), (5, 4)], ids=["mid-first-epoch", "epoch-end"])
+@pytest.mark.slow
 def test_a_resumed_auto_run_ends_with_the_uninterrupted_student_and_radius(
     tmp_path: Path, straight: Path, at: int, saved: int
 ) -> None:
@@ -263,6 +264,7 @@ class Halves(pl.LightningDataModule):
         return token_loader(8, 4, seed=3)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_calibrate_the_same_radius(tmp_path: Path) -> None:
     """Two gloo processes, each on its own batches: one radius, from the ℓs averaged over the ranks."""
     pl.seed_everything(3)

@@ -283,6 +283,7 @@ def leaves(value: Any, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
 
 
 @pytest.mark.filterwarnings("ignore:smart.epsilon=auto")  # the 2-layer cut's ratio is far below the target
+@pytest.mark.slow
 def test_a_stored_quick_run_reproduces_bit_for_bit_here_and_within_rounding_from_another_machine(
         tmp_path: Path) -> None:
     """A run stored by the study's runner, run twice here: the two rows equal field for field and bit for bit (but

@@ -37,6 +37,7 @@ def test_the_makefile_builds_the_same_strict_site() -> None:
     assert shown[-1] == "python3 -m sphinx -W -n --keep-going -b html docs site"
 
 
+@pytest.mark.slow
 def test_every_guide_and_the_reference_are_built(site: Path) -> None:
     pages = {p.relative_to(DOCS).with_suffix(".html") for p in DOCS.rglob("*.md") if "examples" not in p.parts}
     assert {Path("index.html"), Path("algorithm.html"), Path("guides/lightning-cli.html"),
@@ -45,6 +46,7 @@ def test_every_guide_and_the_reference_are_built(site: Path) -> None:
         assert (site / page).is_file(), page
 
 
+@pytest.mark.slow
 def test_the_api_reference_documents_every_public_name(site: Path) -> None:
     html = (site / "reference" / "index.html").read_text(encoding="utf-8")
     public = [name for name in lightning_smart.__all__ if name != "__version__"]
@@ -57,6 +59,7 @@ def test_the_api_reference_documents_every_public_name(site: Path) -> None:
     assert 'id="lightning_smart.attack.robust_accuracy"' in (site / "reference" / "attack.html").read_text()
 
 
+@pytest.mark.slow
 def test_formulas_are_drawn_offline(site: Path) -> None:
     algorithm = (site / "algorithm.html").read_text(encoding="utf-8")
     assert r"\nabla_{\delta}" in algorithm and 'class="math' in algorithm
@@ -68,6 +71,7 @@ def test_formulas_are_drawn_offline(site: Path) -> None:
         assert remote == [], (page, remote)
 
 
+@pytest.mark.slow
 def test_the_lightning_cli_guide_shows_the_example_the_suite_runs(site: Path) -> None:
     guide = (DOCS / "guides" / "lightning-cli.md").read_text(encoding="utf-8")
     assert "```{literalinclude} ../examples/lightning_cli.py" in guide

@@ -87,6 +87,7 @@ def _teacher_errors(out: Path, kind: str) -> list[float]:
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama", "lora"])
+@pytest.mark.slow
 def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str, Path], kind: str) -> None:
     single, sharded = runs[f"{kind}_single"], runs[f"{kind}_fsdp"]
     alone, split = losses(single, 1), losses(sharded, 2)
@@ -104,6 +105,7 @@ def test_sharded_fit_gives_the_single_process_losses_and_teacher(runs: dict[str,
         assert all("lora_" in name or "classifier" in name for name in two["ema"])
 
 
+@pytest.mark.slow
 def test_a_sharded_lora_run_exports_its_adapter_and_the_merged_model(runs: dict[str, Path]) -> None:
     out = runs["lora_fsdp"]
     saved = torch.load(out / "export_logits.pt")
@@ -117,10 +119,12 @@ def test_a_sharded_lora_run_exports_its_adapter_and_the_merged_model(runs: dict[
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.slow
 def test_sharded_teacher_outputs_equal_an_unsharded_copy_holding_theta_tilde(runs: dict[str, Path], kind: str) -> None:
     assert _teacher_errors(runs[f"{kind}_fsdp"], kind) == [0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_a_functional_call_teacher_is_caught_mixing_student_and_teacher(tmp_path: Path) -> None:
     # functional_call with θ̃ whole, after the step's forwards: FSDP2's root unit is still gathered with the student's
     # weights, the other units gather theirs at their forward: the "teacher" silently mixes the two.
@@ -131,6 +135,7 @@ def test_a_functional_call_teacher_is_caught_mixing_student_and_teacher(tmp_path
 SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
 
 
+@pytest.mark.slow
 def test_a_sharded_run_publishes_each_checkpoint_whole(runs: dict[str, Path]) -> None:
     # Each save went to a folder beside its name; a new name is that folder renamed, last.ckpt a link to the newest.
     checkpoints = runs["bert_fsdp"] / "checkpoints"
@@ -169,6 +174,7 @@ def test_a_sharded_run_killed_mid_save_or_mid_step_resumes_as_one_never_stopped(
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.slow
 def test_sharded_export_loads_with_the_auto_classes_and_gives_the_module_logits(runs: dict[str, Path],
                                                                                 kind: str) -> None:
     out = runs[f"{kind}_fsdp"]
@@ -185,6 +191,7 @@ def test_sharded_export_loads_with_the_auto_classes_and_gives_the_module_logits(
     assert all(torch.equal(teacher.state_dict()[n.removeprefix("model.")], t) for n, t in ema.items())
 
 
+@pytest.mark.slow
 def test_reentrant_activation_checkpointing_is_refused_at_the_first_step(tmp_path: Path) -> None:
     output = fit(tmp_path, "--kind", "llama", "--devices", "2", "--checkpointing", "reentrant", fails=True)
     assert (
@@ -196,6 +203,7 @@ def test_reentrant_activation_checkpointing_is_refused_at_the_first_step(tmp_pat
     assert not (tmp_path / "losses0.json").exists()  # before the first step's loss
 
 
+@pytest.mark.slow
 def test_fp32_passes_are_refused_under_fsdp_mixed_precision_which_casts_every_pass(tmp_path: Path) -> None:
     output = fit(tmp_path, "--devices", "2", "--mp-policy", "--perturbed-precision", "fp32", fails=True)
     assert (
@@ -315,6 +323,7 @@ def test_fsdp_is_refused_under_multirun_before_training(tmp_path: Path) -> None:
     assert not list(sweep.glob("*/summary.json")) and not list(sweep.glob("*/checkpoints"))
 
 
+@pytest.mark.slow
 def test_a_distributed_checkpoint_is_checked_before_resuming(runs: dict[str, Path], tmp_path: Path) -> None:
     checkpoint = runs["bert_fsdp"] / "checkpoints" / "step2.ckpt"
     check_checkpoint(str(checkpoint), SequenceTask(tiny_bert(dropout=0.0), num_labels=3))  # this model's: accepted

@@ -215,12 +215,14 @@ def main(cfg: DictConfig) -> float | FailedJob:
     try:
         return float(train(cfg, output_dir)["score"])
     except ConfigError as err:
+        trackers.close_failed()  # a check of the first step's: the trackers' runs already open
         message = str(err) + _remove_if_only_hydra(output_dir)
         if in_sweep:  # no Exception, so the launcher starts no further job, and Hydra prints the message alone
             raise SystemExit(f"Error in the config of job {hydra_config.job.num}"
                              f" ({' '.join(hydra_config.overrides.task)}), the sweep stops: {message}") from err
         raise RunConfigError(message) from err
     except Exception as err:
+        trackers.close_failed()  # MLflow, W&B: the run marked failed, whether it ended in fit or after
         if not in_sweep:
             raise
         failed = _record_failure(cfg, output_dir, err, time.perf_counter() - start)

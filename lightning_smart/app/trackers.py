@@ -165,8 +165,10 @@ def _close(logger: MLFlowLogger | WandbLogger, ok: bool) -> None:
         logger.experiment.finish(exit_code=0 if ok else 1)
 
 
-def _close_failed() -> None:
-    """Close, as failed, the runs of a job that raised: W&B would otherwise log the next job into its run."""
+def close_failed() -> None:
+    """Close, as failed, the runs of a job that raised (a single run, or a sweep's job, as soon as it raised; and at
+    the next job's start, whatever was left): MLflow's status FAILED, W&B's exit code 1, and W&B would otherwise log
+    the next job into the open run."""
     while _open:
         _close(_open.pop(), ok=False)  # type: ignore[arg-type]
 
@@ -174,7 +176,7 @@ def _close_failed() -> None:
 def start(cfg: DictConfig, trainer: pl.Trainer) -> None:
     """Before training: log ``cfg``, flattened (:func:`flat_config`), as the hyperparameters of each tracker's run,
     which opens it."""
-    _close_failed()
+    close_failed()
     found = trackers(trainer.loggers)
     if not found or not trainer.is_global_zero:
         return
@@ -228,7 +230,7 @@ def log_sweep(config: DictConfig) -> None:
     ``aggregate.csv``, ``val_curves.png``, ``compare.*``) in a run of their own, named after the folder, in each
     tracker of ``config.logger``: in MLflow the parent of the jobs' runs (found by their ``smart.sweep_dir`` tag), in
     W&B in the jobs' group with ``job_type="sweep"``."""
-    _close_failed()
+    close_failed()
     sweep = Path(config.hydra.sweep.dir).resolve()
     files = sorted(p for p in sweep.glob("*") if p.is_file())
     for spec in (config.get("logger") or {}).values():

@@ -213,6 +213,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.slow
 def test_bad_config_fails_before_training_and_writes_nothing(case: str, tmp_path: Path) -> None:
     no_text = write_csv(tmp_path / "no_text.csv", "review,label", ["fine,1", "poor,0"])
     args, named = BAD[case]
@@ -291,6 +292,7 @@ def test_settings_aggregate_over_seeds() -> None:
     assert rows["smart=paper", "val/acc_teacher"].n == 1 and rows["smart=paper", "test/movies/acc"].std == 0.0
 
 
+@pytest.mark.slow
 def test_multirun_writes_the_aggregate_and_the_plot(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = smart_train(["-m", "smart=off,paper", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
@@ -307,6 +309,7 @@ def test_multirun_writes_the_aggregate_and_the_plot(tmp_path: Path) -> None:
     assert "smart=off" in printed.stdout and "median (mean ± std)" in printed.stdout
 
 
+@pytest.mark.slow
 def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="the optuna extra is not installed")
     sweep = tmp_path / "optuna"
@@ -319,6 +322,7 @@ def test_optuna_sweep_of_three_trials(tmp_path: Path) -> None:
     assert set(best.best_params) == {"smart.lambda_s", "smart.epsilon", "model.lr"}
 
 
+@pytest.mark.slow
 def test_plain_install_runs_from_any_directory(tmp_path: Path) -> None:
     """``pip install .`` (not editable) ships the configs: the command composes them from another folder,
     with a user's presets added by ``--config-dir``."""

@@ -240,6 +240,7 @@ def test_a_loss_is_compared_as_lower_is_better_in_its_own_units() -> None:
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.slow
 def test_experiment_compare_through_hydra_writes_the_report_from_the_runs_files(tmp_path: Path, launcher: str) -> None:
     """A real sweep: the 2-layer model on the shipped movie snippets, plain and the teacher on 2 seeds, with
     Hydra's basic launcher and with a parallel one (hydra-joblib-launcher, 2 jobs at a time)."""

@@ -67,6 +67,7 @@ def test_best_and_last_of_the_same_step_are_one_file(tmp_path: Path) -> None:
     _distinct_files_differ(checkpoints)
 
 
+@pytest.mark.slow
 def test_a_linked_last_checkpoint_resumes_exactly(tmp_path: Path) -> None:
     """Stopped at step 3, resumed from last.ckpt, a link to best-step2.ckpt: the run that never stopped."""
     with app_config([*KEEP_ALL, "test=false"]) as cfg:

@@ -10,11 +10,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.app import TINY
 
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.slow
 def test_the_wheel_builds_without_warnings_and_its_smart_train_runs_outside_the_checkout(tmp_path: Path) -> None:
     # Offline: the environment's setuptools and build (the dev extra pins both). Byte-compiling is switched on as it
     # is by default, so that setuptools has nothing to warn about but the project itself.

@@ -43,6 +43,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 @pytest.mark.parametrize(("at", "saved"), [(3, 2), (7, 6), (5, 4)],
                          ids=["mid-first-epoch", "mid-second-epoch", "epoch-end"])
+@pytest.mark.slow
 def test_a_resumed_run_ends_like_an_uninterrupted_one(
     tmp_path: Path, straight: tuple[dict, Path], at: int, saved: int
 ) -> None:
@@ -69,6 +70,7 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(
     assert any(not torch.equal(value, student[name]) for name, value in teacher.items())
 
 
+@pytest.mark.slow
 def test_ddp_is_refused_under_multirun_before_training(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=1,2", "trainer.strategy=ddp", "trainer.devices=2", *TINY, f"hydra.sweep.dir={sweep}"]
@@ -155,6 +157,7 @@ class _CreatesFile:
         return open, (str(self.path), "w")
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_before_its_code_runs(tmp_path: Path) -> None:
     """A ``ckpt_path`` whose unpickling would run code: one line naming the setting, no run, the code never ran."""
     marker, crafted = tmp_path / "created-by-the-checkpoint", tmp_path / "evil.ckpt"

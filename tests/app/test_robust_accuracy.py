@@ -55,6 +55,7 @@ def _by_hand(folder: Path, batches: list[dict[str, torch.Tensor]]) -> tuple[list
     return [s / total for s in survived], direct, flipped / total
 
 
+@pytest.mark.slow
 def test_the_apps_robust_accuracy_is_the_attack_on_the_exported_models(tmp_path: Path) -> None:
     """Student and validated teacher, on validation and test (the final weights here: no best checkpoint is kept)."""
     with app_config(ROBUST) as cfg:

@@ -163,6 +163,7 @@ def test_an_optuna_study_records_the_failed_trial_and_goes_on(tmp_path: Path) ->
 
 @pytest.mark.usefixtures("helpers_importable")
 @pytest.mark.parametrize("case", ["config error", "ctrl-c", "single run"])
+@pytest.mark.slow
 def test_what_still_stops_at_once(tmp_path: Path, case: str) -> None:
     """In a sweep, a config error found before training and a Ctrl-C stop it: no further job starts and no failure is
     recorded. A single run raises a run-time error as it always has, with its traceback."""

@@ -21,6 +21,7 @@ TEXT = [*TINY, "teacher.validate=true", f"eval.text_attacks=[{','.join(ATTACKS)}
         f"eval.text_attack_examples={EXAMPLES}", "eval.typo_rate=0.3", "seed=3"]
 
 
+@pytest.mark.slow
 def test_the_apps_text_attacks_are_the_attacks_on_the_exported_models(tmp_path: Path) -> None:
     with app_config(TEXT) as cfg:
         summary = train(cfg, tmp_path)

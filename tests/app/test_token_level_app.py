@@ -127,6 +127,7 @@ def test_an_sft_run_resumed_mid_epoch_ends_like_an_uninterrupted_one(causal_lm: 
     resumes_exactly(sft_overrides(causal_lm), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_tagging_run_resumed_mid_epoch_ends_like_an_uninterrupted_one(tagged: Path, tmp_path: Path) -> None:
     resumes_exactly(tokens_overrides(tagged), tmp_path)
 
@@ -154,6 +155,7 @@ def resumes_exactly(overrides: list[str], tmp_path: Path) -> None:
     assert any(not torch.equal(value, student[name]) for name, value in teacher.items())  # the teacher lags
 
 
+@pytest.mark.slow
 def test_sft_through_smart_train_exports_a_causal_lm_with_the_modules_logits(causal_lm: Path, tmp_path: Path) -> None:
     result = smart_train([*sft_overrides(causal_lm), "test=false", f"hydra.run.dir={tmp_path}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -201,6 +203,7 @@ def test_a_lora_sft_run_averages_the_adapter_only_and_exports_it_merged_and_alon
         assert not torch.allclose(teacher(**ids).logits, expected)  # the average of the adapter's path
 
 
+@pytest.mark.slow
 def test_tagging_through_smart_train_reports_seqevals_entity_f1_of_the_exported_tagger(tagged: Path, tmp_path: Path,
                                                                                        minilm_path: str) -> None:
     result = smart_train([*tokens_overrides(tagged), "test=false", "model.lr=5e-4", f"hydra.run.dir={tmp_path}"],

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +192,23 @@ def test_a_job_that_raised_leaves_its_runs_failed_and_the_next_one_starts_new_ru
     failed, finished = wandb_run(offline / "first"), wandb_run(offline / "second")
     assert (failed["exit"], finished["exit"]) == (1, 0) and failed["run"].run_id != finished["run"].run_id
     assert failed["config"]["model.name_or_path"] == cfg.model.name_or_path
+
+
+@pytest.mark.slow
+def test_a_single_run_that_raised_after_training_leaves_its_runs_failed(offline: Path) -> None:
+    """A run that raises after ``fit`` (here its export, made to fail) finds Lightning's loggers already finalized as a
+    success: the command closes them again as failed, and re-raises."""
+    boom = ("import sys; import lightning_smart.app.cli as cli\n"
+            "def export_pretrained(*args, **kwargs): raise OSError('No space left on device (made to fail)')\n"
+            "cli.export_pretrained = export_pretrained; sys.argv[0] = 'smart-train'; cli.main()")
+    done = subprocess.run(
+        [sys.executable, "-c", boom, *TINY, "logger=[mlflow,wandb]",
+         f"logger.mlflow.tracking_uri=sqlite:///{offline / 'mlflow.db'}", f"hydra.run.dir={offline / 'run'}"],
+        cwd=offline, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}, capture_output=True,
+        text=True, timeout=600)
+    assert done.returncode == 1 and "OSError: No space left on device (made to fail)" in done.stderr
+    client = MlflowClient(f"sqlite:///{offline / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("smart-train").experiment_id])
+    assert (run.info.run_name, run.info.status) == ("run", "FAILED")  # named by its folder, relative to the cwd
+    assert run.data.metrics["train/loss"] > 0  # it trained, and Lightning closed it as a success, before the export
+    assert wandb_run(offline / "run")["exit"] == 1

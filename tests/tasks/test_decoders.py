@@ -52,6 +52,7 @@ def decoder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return kind, folder
 
 
+@pytest.mark.slow
 def test_a_decoder_trains_through_the_app_and_its_export_ignores_padding(decoder: tuple[str, Path],
                                                                          tmp_path: Path) -> None:
     kind, folder = decoder

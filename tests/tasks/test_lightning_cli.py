@@ -56,6 +56,7 @@ def logged(log_dir: Path) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in row.items() if v != ""} for row in rows if row.get("train/loss")]
 
 
+@pytest.mark.slow
 def test_fit_through_lightning_cli_reaches_the_step_with_the_smart_values_and_the_teacher(tmp_path: Path) -> None:
     logger = ["--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'logs'}"]
     run = lightning_cli("fit", *MODEL, *SMART, *TEACHER, *data_flags(), *TRAINER, *logger, cwd=tmp_path)
