@@ -497,3 +497,9 @@ def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_w
         f"- paper: PGD at {strong:g}: {point('+15.0')} (a gain); trec deepwordbug {point('+1.0')} (a gain); trec"
         f" pruthi {point('-2.0')} (a loss); trec typos {point('+2.0')} (a gain); its embedding-space gain is **not"
         " matched** under the text attacks.")
+
+    # A setting paired on one seed only: its one difference, and no interval nor verdict drawn from it.
+    lines = "\n".join(text.text_tables(runs, [r for r in attacked if r["setting"] == "plain" or r["seed"] == 0]))
+    one = " | ".join(f"{d} (one seed)" for d in ("-1.0", "+15.0", "+1.0", "-2.0", "+2.0"))
+    assert f"| paper | 1 | {one} |" in lines
+    assert lines.rstrip().endswith("- paper: one seed paired with plain so far: no interval, no verdict.")

@@ -127,6 +127,11 @@ def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> l
                 continue
             cells = {name: bootstrap([100 * (score(r) - score(plain[r["seed"]])) for r in rows])
                      for name, score in columns}
+            if len(rows) < 2:  # one difference: its "interval" is that point, which says nothing of the spread
+                lines.append(f"| {setting} | 1 | " + " | ".join(f"{m:+.1f} (one seed)" for m, _, _ in cells.values())
+                             + " |")
+                verdicts.append(f"- {setting}: one seed paired with plain so far: no interval, no verdict.")
+                continue
             lines.append(f"| {setting} | {len(rows)} | " + " | ".join(
                 f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" for m, lo, hi in cells.values()) + " |")
             verdicts.append(f"- {setting}: " + _verdict(cells, strong, splits))
