@@ -212,7 +212,8 @@ class Attacked:
     queries: int = 0
     changed: set[int] = field(default_factory=set)
     seen: set[str] = field(default_factory=set)
-    original_spans: list[tuple[int, int]] = field(default_factory=list)
+    original_spans: list[tuple[int, int]] = field(init=False)
+    """The original text's words, found once (the Levenshtein bound compares each edited word with its original)."""
 
     def __post_init__(self) -> None:
         self.original_spans = word_spans(self.original)
