@@ -485,8 +485,8 @@ def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_w
             found = {"deepwordbug": dwb, "pruthi": pruthi, "typos": typos}
             attacked.append({"key": f"text-{key}", "of": key, "task": "trec", "setting": setting, "seed": seed,
                              "examples": 256, "typo_rate": 0.1, "reproduced": [None, True, False][seed],
-                             "splits": {"trec": {a: {"accuracy": v, "clean_accuracy": clean + 0.01}
-                                                 for a, v in found.items()}}})
+                             "splits": {"trec": {a: {"accuracy": v, "clean_accuracy": clean + 0.01,
+                                                     "success_rate": v / 2} for a, v in found.items()}}})
     lines = "\n".join(text.text_tables(runs, attacked))
     # Each run's own accuracies, seed by seed (plain first), with the sample's clean accuracy and its rerun.
     assert (f"| seed | setting | clean | clean (the 256) | PGD r = {strong:g} | trec deepwordbug | trec pruthi |"
@@ -496,10 +496,13 @@ def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_w
             "| 1 | plain | 90.0 | 91.0 | 40.0 | 30.0 | 20.0 | 70.0 | yes |") in lines
     assert "| 2 | paper | 89.0 | 90.0 | 55.0 | 31.0 | 18.0 | 72.0 | **no** |" in lines
     point = "{0} [{0}, {0}]".format
-    assert (f"| setting | seeds | clean | PGD r = {strong:g} | trec deepwordbug | trec pruthi | trec typos |"
-            in lines)
-    assert (f"| paper | 3 | {point('-1.0')} | {point('+15.0')} | {point('+1.0')} | {point('-2.0')} |"
-            f" {point('+2.0')} |") in lines
+    assert (f"| setting | seeds | clean | clean (the 256) | PGD r = {strong:g} | trec deepwordbug | trec pruthi |"
+            " trec typos |") in lines
+    assert (f"| paper | 3 | {point('-1.0')} | {point('-1.0')} | {point('+15.0')} | {point('+1.0')} |"
+            f" {point('-2.0')} | {point('+2.0')} |") in lines
+    assert ("Attack success rate (of the examples first right), paired difference from plain (points):\n\n"
+            "| setting | seeds | trec deepwordbug | trec pruthi | trec typos |\n|---|---|---|---|---|\n"
+            f"| paper | 3 | {point('+0.5')} | {point('-1.0')} | {point('+1.0')} |\n") in lines
     assert "plain, mean accuracy under attack (%): trec deepwordbug 30.0, trec pruthi 20.0, trec typos 70.0" in lines
     assert lines.rstrip().endswith(
         f"- paper: PGD at {strong:g}: {point('+15.0')} (a gain); trec deepwordbug {point('+1.0')} (a gain); trec"
@@ -509,6 +512,7 @@ def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_w
 
     # A setting paired on one seed only: its one difference, and no interval nor verdict drawn from it.
     lines = "\n".join(text.text_tables(runs, [r for r in attacked if r["setting"] == "plain" or r["seed"] == 0]))
-    one = " | ".join(f"{d} (one seed)" for d in ("-1.0", "+15.0", "+1.0", "-2.0", "+2.0"))
+    one = " | ".join(f"{d} (one seed)" for d in ("-1.0", "-1.0", "+15.0", "+1.0", "-2.0", "+2.0"))
     assert f"| paper | 1 | {one} |" in lines
+    assert "| paper | 1 | +0.5 (one seed) | -1.0 (one seed) | +1.0 (one seed) |" in lines
     assert "- paper: one seed paired with plain so far: no interval, no verdict.\n" in lines

@@ -111,30 +111,23 @@ def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> l
         splits = list(mine[0]["splits"])
         lines += [f"### {task}: the final students under text attacks ({mine[0]['examples']} examples of each test"
                   f" split; DeepWordBug, Pruthi et al., typos at rate {mine[0]['typo_rate']:g})", ""]
-        columns = [("clean", lambda r, s=splits[0]: by_key[r["of"]][s]["acc"])]
+        columns = [("clean", lambda r, s=splits[0]: by_key[r["of"]][s]["acc"]),  # all the split; then the sample
+                   (f"clean (the {mine[0]['examples']})",
+                    lambda r, s=splits[0]: r["splits"][s][ATTACKS[0]]["clean_accuracy"])]
         if strong is not None:
             columns.append((f"PGD r = {strong:g}", functools.partial(_pgd, by_key, strong)))
         columns += [(f"{s} {a}", lambda r, s=s, a=a: r["splits"][s][a]["accuracy"]) for s in splits for a in ATTACKS]
         columns += [(f"{s} (clean, out of domain)", lambda r, s=s: by_key[r["of"]][s]["acc"])
                     for s in by_key[mine[0]["of"]]["splits"] if s in ("tweets", "amazon", "nyt")]
-        lines += _per_run(mine, columns, splits[0])
-        lines += ["| setting | seeds | " + " | ".join(name for name, _ in columns) + " |",
-                  "|---" * (len(columns) + 2) + "|"]
-        verdicts = []
-        for setting in TEXT_SETTINGS[1:]:
-            rows = [r for r in mine if r["setting"] == setting and r["seed"] in plain]
-            if not rows:
-                continue
-            cells = {name: bootstrap([100 * (score(r) - score(plain[r["seed"]])) for r in rows])
-                     for name, score in columns}
-            if len(rows) < 2:  # one difference: its "interval" is that point, which says nothing of the spread
-                lines.append(f"| {setting} | 1 | " + " | ".join(f"{m:+.1f} (one seed)" for m, _, _ in cells.values())
-                             + " |")
-                verdicts.append(f"- {setting}: one seed paired with plain so far: no interval, no verdict.")
-                continue
-            lines.append(f"| {setting} | {len(rows)} | " + " | ".join(
-                f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]" for m, lo, hi in cells.values()) + " |")
-            verdicts.append(f"- {setting}: " + _verdict(cells, strong, splits))
+        lines += _per_run(mine, columns)
+        table, paired = _paired(mine, plain, columns)
+        lines += ["Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", "", *table]
+        verdicts = [f"- {setting}: " + (_verdict(cells, strong, splits) if n > 1 else
+                                        "one seed paired with plain so far: no interval, no verdict.")
+                    for setting, (n, cells) in paired.items()]
+        success = [(f"{s} {a}", lambda r, s=s, a=a: r["splits"][s][a]["success_rate"]) for s in splits for a in ATTACKS]
+        lines += ["", "Attack success rate (of the examples first right), paired difference from plain (points):", "",
+                  *_paired(mine, plain, success)[0]]
         plain_rows = list(plain.values())
         lines += ["", "plain, mean accuracy under attack (%): " + ", ".join(
             f"{s} {a} {sum(100 * r['splits'][s][a]['accuracy'] for r in plain_rows) / len(plain_rows):.1f}"
@@ -145,20 +138,38 @@ def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> l
     return lines
 
 
-def _per_run(rows: list[dict[str, Any]], columns: list[tuple[str, Any]], split: str) -> list[str]:
-    """Each attacked run's own accuracies (%), seed by seed, with the clean accuracy of the attacked sample and
-    whether its retrained weights reproduced the stored run."""
+def _paired(rows: list[dict[str, Any]], plain: dict[int, dict[str, Any]], columns: list[tuple[str, Any]]
+            ) -> tuple[list[str], dict[str, tuple[int, dict[str, tuple[float, float, float]]]]]:
+    """The table of each setting's paired differences from plain (points, bootstrap 95% interval) in ``columns``, and
+    each setting's number of paired seeds and cells. One paired seed shows its difference and no interval: its
+    "interval" would be that point, which says nothing of the spread."""
+    lines = ["| setting | seeds | " + " | ".join(name for name, _ in columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    paired = {}
+    for setting in TEXT_SETTINGS[1:]:
+        mine = [r for r in rows if r["setting"] == setting and r["seed"] in plain]
+        if not mine:
+            continue
+        cells = {name: bootstrap([100 * (score(r) - score(plain[r["seed"]])) for r in mine]) for name, score in columns}
+        paired[setting] = len(mine), cells
+        lines.append(f"| {setting} | {len(mine)} | " + " | ".join(
+            f"{m:+.1f} (one seed)" if len(mine) < 2 else f"{m:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            for m, lo, hi in cells.values()) + " |")
+    return lines, paired
+
+
+def _per_run(rows: list[dict[str, Any]], columns: list[tuple[str, Any]]) -> list[str]:
+    """Each attacked run's own accuracies (%), seed by seed, and whether its retrained weights reproduced the stored
+    run."""
     order = {name: i for i, name in enumerate(TEXT_SETTINGS)}
-    names = [columns[0][0], f"clean (the {rows[0]['examples']})", *(name for name, _ in columns[1:])]
     lines = ["Each run's final student (accuracy, %):", "",
-             "| seed | setting | " + " | ".join(names) + " | reproduced |", "|---" * (len(names) + 3) + "|"]
+             "| seed | setting | " + " | ".join(name for name, _ in columns) + " | reproduced |",
+             "|---" * (len(columns) + 3) + "|"]
     for r in sorted(rows, key=lambda r: (r["seed"], order.get(r["setting"], len(order)))):
-        values = [columns[0][1](r), r["splits"][split][ATTACKS[0]]["clean_accuracy"],
-                  *(score(r) for _, score in columns[1:])]
+        values = [score(r) for _, score in columns]
         reproduced = {True: "yes", False: "**no**", None: "not rerun"}[r["reproduced"]]
         lines.append(f"| {r['seed']} | {r['setting']} | " + " | ".join(f"{100 * v:.1f}" for v in values)
                      + f" | {reproduced} |")
-    return [*lines, "", "Paired difference from plain (points; mean over seeds, bootstrap 95% interval):", ""]
+    return [*lines, ""]
 
 
 def _pgd(by_key: dict[str, dict[str, Any]], radius: float, row: dict[str, Any]) -> float:
