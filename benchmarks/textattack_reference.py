@@ -4,7 +4,8 @@
 cannot share our environment (it imports flair, which needs transformers < 5, and reads NLTK's stopword corpus at
 import). This script runs both implementations on one exported model (a ``save_pretrained`` folder) and one seeded
 sample of a task's test split, and prints, side by side, the accuracy under attack, the attack success rate, the words
-perturbed, the queries and the seconds per example. Both draw random characters, each from its own generator, so
+perturbed, the queries and the seconds per example, and how many of those seconds each spent asking the model
+(tokenizing and forwards: inside our ``predict`` and inside TextAttack's model wrapper). Both draw random characters, each from its own generator, so
 they agree statistically, not example by example: the script also prints the difference of the accuracies under
 attack with a 95% interval (the two attacks are run on the same examples: the interval is over examples, paired).
 
@@ -48,12 +49,23 @@ def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     tokenizer.model_max_length = spec["max_length"]
-    wrapper = HuggingFaceModelWrapper(model, tokenizer)
+    asked = [0.0]  # seconds inside the model wrapper: tokenizing and forwards, the cost of the queries alone
+
+    class Timed(HuggingFaceModelWrapper):  # type: ignore[misc,valid-type]
+        def __call__(self, texts: list[str]) -> Any:
+            began = time.perf_counter()
+            try:
+                return super().__call__(texts)
+            finally:
+                asked[0] += time.perf_counter() - began
+
+    wrapper = Timed(model, tokenizer)
     dataset = textattack.datasets.Dataset(list(zip(spec["texts"], spec["labels"], strict=True)))
     found: dict[str, Any] = {}
     for name in spec["recipes"]:
         recipe = {"deepwordbug": DeepWordBugGao2018, "pruthi": Pruthi2019}[name]
         random.seed(spec["seed"])
+        asked[0] = 0.0
         args = textattack.AttackArgs(num_examples=len(dataset), random_seed=spec["seed"], silent=True,
                                      disable_stdout=True, query_budget=None)
         start = time.perf_counter()
@@ -69,7 +81,7 @@ def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
             rows.append({"status": status, "queries": result.perturbed_result.num_queries,
                          "words_perturbed": 100.0 * changed / max(len(original.words), 1),
                          "text": perturbed.text})
-        found[name] = {"results": rows, "seconds": seconds}
+        found[name] = {"results": rows, "seconds": seconds, "model_seconds": asked[0]}
     return found
 
 
@@ -120,13 +132,23 @@ def our_side(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
             "seed": args.seed, "threads": args.threads, "recipes": args.recipes, "split": split}
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
     predict = classifier(model, checked.data.tokenizer, max_length=spec["max_length"])
+    asked = [0.0]  # seconds inside predict: tokenizing and forwards, the cost of the queries alone
+
+    def timed(texts: list[str]) -> torch.Tensor:
+        began = time.perf_counter()
+        try:
+            return predict(texts)
+        finally:
+            asked[0] += time.perf_counter() - began
+
     found: dict[str, Any] = {}
     for name in args.recipes:
+        asked[0] = 0.0
         start = time.perf_counter()
         with torch.no_grad():
-            results = run_attack(name, predict, spec["texts"], spec["labels"], seed=args.seed)
+            results = run_attack(name, timed, spec["texts"], spec["labels"], seed=args.seed)
         seconds = time.perf_counter() - start
-        found[name] = {"seconds": seconds, "results": [
+        found[name] = {"seconds": seconds, "model_seconds": asked[0], "results": [
             {"status": r.status, "queries": r.queries, "words_perturbed": r.words_perturbed if r.status == "succeeded"
              else 0.0, "text": r.text} for r in results]}
     return spec, found
@@ -172,8 +194,13 @@ def main(argv: list[str] | None = None) -> None:
                  for who, side in (("lightning_smart", ours), ("TextAttack", theirs))]
         m, lo, hi = paired_interval(ours[name]["results"], theirs[name]["results"])
         ratio = ours[name]["seconds"] / theirs[name]["seconds"]
+        count = len(spec["texts"])
         notes.append(f"{RECIPES[name]}: accuracy under attack, ours − TextAttack's: {m:+.1f} points [{lo:+.1f},"
-                     f" {hi:+.1f}] (paired bootstrap over examples); our time per example {ratio:.3f}× TextAttack's")
+                     f" {hi:+.1f}] (paired bootstrap over examples); our time per example {ratio:.3f}× TextAttack's;"
+                     f" of it, asking the model (tokenizing and forwards) {ours[name]['model_seconds'] / count:.3f} s"
+                     f" / example ({ours[name]['model_seconds'] / ours[name]['seconds']:.0%} of ours,"
+                     f" {ours[name]['model_seconds'] / theirs[name]['seconds']:.3f}× TextAttack's time), TextAttack's"
+                     f" {theirs[name]['model_seconds'] / count:.3f} s / example")
         lines = [*header, *rows, "", *notes]
         print("\n".join(lines), flush=True)
         if args.out:
