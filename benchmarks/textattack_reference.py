@@ -5,9 +5,10 @@ cannot share our environment (it imports flair, which needs transformers < 5, an
 import). This script runs both implementations on one exported model (a ``save_pretrained`` folder) and one seeded
 sample of a task's test split, and prints, side by side, the accuracy under attack, the attack success rate, the words
 perturbed, the queries and the seconds per example, and how many of those seconds each spent asking the model
-(tokenizing and forwards: inside our ``predict`` and inside TextAttack's model wrapper). Both draw random characters, each from its own generator, so
-they agree statistically, not example by example: the script also prints the difference of the accuracies under
-attack with a 95% interval (the two attacks are run on the same examples: the interval is over examples, paired).
+(tokenizing and forwards: inside our ``predict`` and inside TextAttack's model wrapper). Both draw random characters,
+each from its own generator, so they agree statistically, not example by example: the script also prints the
+difference of the accuracies under attack with a 95% interval (the two attacks are run on the same examples: the
+interval is over examples, paired).
 
 TextAttack runs in an environment of its own, offline, where this script starts it as a subprocess::
 
@@ -18,7 +19,8 @@ TextAttack runs in an environment of its own, offline, where this script starts 
 ``--model`` defaults to the study's stored final weights of plain fine-tuning, seed 0, of the task; ``--threads``
 gives both implementations the same number of torch threads (1 by default), so that their times compare;
 ``--recipes`` runs some of them (``deepwordbug,pruthi`` by default). Each recipe's rows are printed, and written to
-``--out``, as soon as both implementations have run it.
+``--out``, as soon as both implementations have run it. ``--pool A.json B.json ...`` attacks nothing: it prints the
+table of several such files (draws with other ``--seed``) as one, the interval over all their examples.
 """
 
 from __future__ import annotations
@@ -164,8 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for both sides' results")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, of " + ", ".join(RECIPES))
+    parser.add_argument("--pool", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="no attack: pool the --out files of several draws into one table")
     parser.add_argument("--textattack-side", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pool:
+        print("\n".join(pooled([json.loads(path.read_text()) for path in args.pool])))
+        return
     args.recipes = [name for name in args.recipes.split(",") if name]
     if any(name not in RECIPES for name in args.recipes):
         parser.error(f"--recipes {','.join(args.recipes)}: each of {', '.join(RECIPES)}")
@@ -207,6 +214,27 @@ def main(argv: list[str] | None = None) -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"spec": spec, "ours": ours, "textattack": theirs, "table": lines},
                                            indent=1))
+
+
+def pooled(draws: list[dict[str, Any]]) -> list[str]:
+    """The table and notes of several ``--out`` files (draws: other examples or characters) as one: each recipe's
+    results over all their examples, the paired interval over them all, and the seconds summed."""
+    lines = ["| recipe | implementation | accuracy under attack | success rate | words perturbed (%) | queries |"
+             " s / example |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for name in dict.fromkeys(n for draw in draws for n in draw["ours"]):
+        having = [draw for draw in draws if name in draw["ours"] and name in draw["textattack"]]
+        ours, theirs = ({"results": [r for d in having for r in d[who][name]["results"]],
+                         **{key: sum(d[who][name].get(key, 0.0) for d in having)
+                            for key in ("seconds", "model_seconds")}} for who in ("ours", "textattack"))
+        count = len(ours["results"])
+        lines += [_row(name, "lightning_smart", ours, count), _row(name, "TextAttack", theirs, count)]
+        m, lo, hi = paired_interval(ours["results"], theirs["results"])
+        notes.append(f"{RECIPES[name]}, {len(having)} draws, {count} examples: ours − TextAttack's {m:+.1f} points"
+                     f" [{lo:+.1f}, {hi:+.1f}]; our time {ours['seconds'] / theirs['seconds']:.3f}× TextAttack's;"
+                     f" in the model: ours {ours['model_seconds'] / ours['seconds']:.1%}, TextAttack's"
+                     f" {theirs['model_seconds'] / theirs['seconds']:.1%}")
+    return [*lines, "", *notes]
 
 
 def _row(name: str, who: str, side: dict[str, Any], count: int) -> str:

@@ -516,3 +516,24 @@ def test_the_text_attack_tables_pair_each_attack_with_plain_beside_pgd_and_say_w
     assert f"| paper | 1 | {one} |" in lines
     assert "| paper | 1 | +0.5 (one seed) | -1.0 (one seed) | +1.0 (one seed) |" in lines
     assert "- paper: one seed paired with plain so far: no interval, no verdict.\n" in lines
+
+
+def test_the_textattack_reference_pools_draws_into_one_table_over_all_their_examples() -> None:
+    """Two fixed ``--out`` files: the accuracies, success rates, queries and seconds over the four examples by hand."""
+    reference = load_benchmark("textattack_reference")
+
+    def side(statuses: list[str], seconds: float, model_seconds: float) -> dict[str, Any]:
+        return {"seconds": seconds, "model_seconds": model_seconds, "results": [
+            {"status": s, "queries": 10 if s != "skipped" else 1, "words_perturbed": 20.0 if s == "succeeded" else 0.0}
+            for s in statuses]}
+
+    draws = [{"ours": {"deepwordbug": side(["failed", "succeeded"], 1.0, 0.5)},
+              "textattack": {"deepwordbug": side(["succeeded", "succeeded"], 8.0, 6.0)}},
+             {"ours": {"deepwordbug": side(["succeeded", "skipped"], 3.0, 2.5)},
+              "textattack": {"deepwordbug": side(["succeeded", "skipped"], 8.0, 6.0)}}]
+    lines = reference.pooled(draws)
+    assert lines[2:4] == ["| DeepWordBugGao2018 | lightning_smart | 25.0 | 66.7 | 20.0 | 10.0 | 1.000 |",
+                          "| DeepWordBugGao2018 | TextAttack | 0.0 | 100.0 | 20.0 | 10.0 | 4.000 |"]
+    assert re.fullmatch(r"DeepWordBugGao2018, 2 draws, 4 examples: ours − TextAttack's \+25\.0 points \[\+0\.0, "
+                        r"\+[0-9.]+\]; our time 0\.250× TextAttack's; in the model: ours 75\.0%, TextAttack's 75\.0%",
+                        lines[-1]), lines[-1]
