@@ -97,9 +97,10 @@ def text_rows(out: Path) -> list[dict[str, Any]]:
 
 
 def text_tables(runs: list[dict[str, Any]], attacked: list[dict[str, Any]]) -> list[str]:
-    """Per task: accuracy under each text attack, paired by seed with plain (points, bootstrap 95% interval), beside
-    the same runs' clean accuracy, PGD robust accuracy at the task's ε_strong and out-of-domain accuracy; then what
-    each setting's embedding-space gain becomes on real text."""
+    """Per task: each run's accuracies, seed by seed; accuracy under each text attack, paired by seed with plain
+    (points, bootstrap 95% interval), beside the same runs' clean accuracy (on the whole split and on the attacked
+    sample), PGD robust accuracy at the task's ε_strong and out-of-domain accuracy; the attacks' success rates, paired
+    the same way; then what each setting's embedding-space gain becomes on real text."""
     lines: list[str] = []
     by_key = {r["key"]: r for r in runs if "key" in r}
     for task in dict.fromkeys(r["task"] for r in attacked):
