@@ -230,10 +230,12 @@ def pooled(draws: list[dict[str, Any]]) -> list[str]:
         count = len(ours["results"])
         lines += [_row(name, "lightning_smart", ours, count), _row(name, "TextAttack", theirs, count)]
         m, lo, hi = paired_interval(ours["results"], theirs["results"])
+        timed = all("model_seconds" in d[who][name] for d in having for who in ("ours", "textattack"))
         notes.append(f"{RECIPES[name]}, {len(having)} draws, {count} examples: ours − TextAttack's {m:+.1f} points"
-                     f" [{lo:+.1f}, {hi:+.1f}]; our time {ours['seconds'] / theirs['seconds']:.3f}× TextAttack's;"
-                     f" in the model: ours {ours['model_seconds'] / ours['seconds']:.1%}, TextAttack's"
-                     f" {theirs['model_seconds'] / theirs['seconds']:.1%}")
+                     f" [{lo:+.1f}, {hi:+.1f}]; our time {ours['seconds'] / theirs['seconds']:.3f}× TextAttack's"
+                     + (f"; in the model: ours {ours['model_seconds'] / ours['seconds']:.1%}, TextAttack's"
+                        f" {theirs['model_seconds'] / theirs['seconds']:.1%}" if timed else
+                        " (a file made before the model's time was measured: no share in the model)"))
     return [*lines, "", *notes]
 
 
