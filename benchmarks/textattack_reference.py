@@ -26,6 +26,7 @@ table of several such files (draws with other ``--seed``) as one, the interval o
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -36,6 +37,20 @@ from pathlib import Path
 from typing import Any
 
 RECIPES = {"deepwordbug": "DeepWordBugGao2018", "pruthi": "Pruthi2019"}
+
+
+class Stopwatch:
+    """Calls through it add up their seconds: each side's time asking the model (tokenizing and forwards)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, call: Any, *args: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            self.seconds += time.perf_counter() - began
 
 
 def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
@@ -51,15 +66,11 @@ def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"]).eval()
     tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
     tokenizer.model_max_length = spec["max_length"]
-    asked = [0.0]  # seconds inside the model wrapper: tokenizing and forwards, the cost of the queries alone
+    asked = Stopwatch()
 
     class Timed(HuggingFaceModelWrapper):  # type: ignore[misc,valid-type]
         def __call__(self, texts: list[str]) -> Any:
-            began = time.perf_counter()
-            try:
-                return super().__call__(texts)
-            finally:
-                asked[0] += time.perf_counter() - began
+            return asked(super().__call__, texts)
 
     wrapper = Timed(model, tokenizer)
     dataset = textattack.datasets.Dataset(list(zip(spec["texts"], spec["labels"], strict=True)))
@@ -67,7 +78,7 @@ def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
     for name in spec["recipes"]:
         recipe = {"deepwordbug": DeepWordBugGao2018, "pruthi": Pruthi2019}[name]
         random.seed(spec["seed"])
-        asked[0] = 0.0
+        asked.seconds = 0.0
         args = textattack.AttackArgs(num_examples=len(dataset), random_seed=spec["seed"], silent=True,
                                      disable_stdout=True, query_budget=None)
         start = time.perf_counter()
@@ -83,7 +94,7 @@ def textattack_side(spec: dict[str, Any]) -> dict[str, Any]:
             rows.append({"status": status, "queries": result.perturbed_result.num_queries,
                          "words_perturbed": 100.0 * changed / max(len(original.words), 1),
                          "text": perturbed.text})
-        found[name] = {"results": rows, "seconds": seconds, "model_seconds": asked[0]}
+        found[name] = {"results": rows, "seconds": seconds, "model_seconds": asked.seconds}
     return found
 
 
@@ -134,23 +145,15 @@ def our_side(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
             "seed": args.seed, "threads": args.threads, "recipes": args.recipes, "split": split}
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
     predict = classifier(model, checked.data.tokenizer, max_length=spec["max_length"])
-    asked = [0.0]  # seconds inside predict: tokenizing and forwards, the cost of the queries alone
-
-    def timed(texts: list[str]) -> torch.Tensor:
-        began = time.perf_counter()
-        try:
-            return predict(texts)
-        finally:
-            asked[0] += time.perf_counter() - began
-
+    asked = Stopwatch()
     found: dict[str, Any] = {}
     for name in args.recipes:
-        asked[0] = 0.0
+        asked.seconds = 0.0
         start = time.perf_counter()
         with torch.no_grad():
-            results = run_attack(name, timed, spec["texts"], spec["labels"], seed=args.seed)
+            results = run_attack(name, functools.partial(asked, predict), spec["texts"], spec["labels"], seed=args.seed)
         seconds = time.perf_counter() - start
-        found[name] = {"seconds": seconds, "model_seconds": asked[0], "results": [
+        found[name] = {"seconds": seconds, "model_seconds": asked.seconds, "results": [
             {"status": r.status, "queries": r.queries, "words_perturbed": r.words_perturbed if r.status == "succeeded"
              else 0.0, "text": r.text} for r in results]}
     return spec, found
