@@ -58,6 +58,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaCo
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig
+from lightning_smart.sharding import ending_process_group
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask
 
 STRATEGIES = ("ddp", "fsdp")
@@ -210,7 +211,8 @@ def main() -> None:
     if args.strategy is not None:
         if args.accelerator == "cpu":
             torch.set_num_threads(1)
-        measure(args)
+        with ending_process_group():  # each rank, or gloo's threads can abort the interpreter's exit (SIGABRT)
+            measure(args)
         return
 
     model = "tiny-bert" if args.quick else "bert-base"

@@ -7,14 +7,20 @@ model's ``_no_split_modules`` names) is a unit of its own, then the root. A Ligh
     def configure_model(self):
         shard_transformer(self.model, self.device_mesh["data_parallel"])
 
+A script whose fit Lightning re-launches once per rank (``ModelParallelStrategy``, ``strategy="ddp"``) runs its work
+inside :func:`ending_process_group`, so that each process ends its process group before the interpreter shuts down.
+
 :func:`reentrant_checkpointing_error` finds activation checkpointing of the reentrant kind, which the ascent's
 ``torch.autograd.grad`` on δ cannot run through; the mixin refuses it at its first training step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -28,6 +34,28 @@ def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+@contextmanager
+def ending_process_group() -> Iterator[None]:
+    """Run the body, then destroy the default process group if one was started, whether the body ended or raised.
+
+    Lightning destroys the process group at exit for NCCL only. A gloo group (every CPU run) left to the interpreter's
+    shutdown can abort the process after its work is done: gloo's threads still hold tensors when Python is torn
+    down, and the process ends by SIGABRT ("terminate called without an active exception"), a finished run reported
+    as failed. Without a process group, or where the body's process did not start one (the main process of
+    ``ddp_spawn``), this does nothing.
+
+    Example:
+        >>> with ending_process_group():
+        ...     torch.distributed.is_initialized()
+        False
+    """
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def block_classes(model: nn.Module) -> set[str]:

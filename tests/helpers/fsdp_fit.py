@@ -42,7 +42,7 @@ from lightning_smart import EMATeacherCallback, SmartConfig
 from lightning_smart.app.checkpoints import AtomicModelCheckpoint, LastCheckpoint
 from lightning_smart.app.export import export_pretrained
 from lightning_smart.ema import ShardedEMA, eval_mode
-from lightning_smart.sharding import shard_transformer
+from lightning_smart.sharding import ending_process_group, shard_transformer
 from lightning_smart.tasks import CausalLMTask, SequenceTask
 from tests.helpers.models import VOCAB, tiny_bert, token_examples
 
@@ -218,4 +218,5 @@ def _word_level() -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    with ending_process_group():  # each rank, or gloo's threads can abort the interpreter's exit (SIGABRT)
+        main()

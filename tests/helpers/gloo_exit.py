@@ -1,0 +1,34 @@
+"""One rank of two over gloo: collectives, then the end of the script, inside ``ending_process_group`` or not.
+
+    python tests/helpers/gloo_exit.py RANK PORT ended|left
+
+Without the group's destruction, torch's gloo threads can abort the interpreter's exit (SIGABRT, "terminate called
+without an active exception") after the work is done; :mod:`test_fsdp` runs pairs of this script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from lightning_smart.sharding import ending_process_group
+
+
+def work(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    gathered = [torch.empty(1000) for _ in range(2)]
+    for _ in range(20):
+        dist.all_gather(gathered, torch.full((1000,), float(rank)))
+        dist.all_reduce(torch.ones(1000))
+
+
+if __name__ == "__main__":
+    rank, port, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    with ending_process_group() if how == "ended" else contextlib.nullcontext():
+        work(rank, port)
