@@ -58,7 +58,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, LlamaCo
 from transformers.utils import logging as transformers_logging
 
 from lightning_smart import EMATeacherCallback, SmartConfig
-from lightning_smart.sharding import ending_process_group
+from lightning_smart.sharding import EndProcessGroupAtExit
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask
 
 STRATEGIES = ("ddp", "fsdp")
@@ -123,8 +123,9 @@ def measure(args: argparse.Namespace) -> None:
     devices = args.devices
     strategy: Any = ModelParallelStrategy(devices, tensor_parallel_size=1) if args.strategy == "fsdp" else "ddp"
     teacher, meter = EMATeacherCallback(mu=1.0), StepMeter()
+    callbacks = [teacher, meter, EndProcessGroupAtExit()]
     trainer = pl.Trainer(accelerator=args.accelerator, devices=devices, strategy=strategy, precision=args.precision,
-                         max_steps=args.steps, callbacks=[teacher, meter], logger=False, enable_checkpointing=False,
+                         max_steps=args.steps, callbacks=callbacks, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
                          limit_val_batches=0, num_sanity_val_steps=0)
     batches: Any = random_batches(args.model, args.steps, args.batch, args.tokens)
@@ -211,8 +212,7 @@ def main() -> None:
     if args.strategy is not None:
         if args.accelerator == "cpu":
             torch.set_num_threads(1)
-        with ending_process_group():  # each rank, or gloo's threads can abort the interpreter's exit (SIGABRT)
-            measure(args)
+        measure(args)
         return
 
     model = "tiny-bert" if args.quick else "bert-base"

@@ -7,8 +7,9 @@ model's ``_no_split_modules`` names) is a unit of its own, then the root. A Ligh
     def configure_model(self):
         shard_transformer(self.model, self.device_mesh["data_parallel"])
 
-A script whose fit Lightning re-launches once per rank (``ModelParallelStrategy``, ``strategy="ddp"``) runs its work
-inside :func:`ending_process_group`, so that each process ends its process group before the interpreter shuts down.
+On CPU (gloo), a multi-process fit (``ModelParallelStrategy``, ``"ddp"``, ``"ddp_spawn"``) adds
+:class:`EndProcessGroupAtExit` to its callbacks, so that each process ends its process group before the interpreter
+shuts down (:func:`end_process_group_at_exit`).
 
 :func:`reentrant_checkpointing_error` finds activation checkpointing of the reentrant kind, which the ascent's
 ``torch.autograd.grad`` on δ cannot run through; the mixin refuses it at its first training step.
@@ -16,10 +17,10 @@ inside :func:`ending_process_group`, so that each process ends its process group
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import atexit
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 
@@ -36,26 +37,38 @@ def is_sharded(module: nn.Module) -> bool:
     return any(isinstance(m, FSDPModule) for m in module.modules())
 
 
-@contextmanager
-def ending_process_group() -> Iterator[None]:
-    """Run the body, then destroy the default process group if one was started, whether the body ended or raised.
+def end_process_group_at_exit() -> bool:
+    """Have this process destroy its process group when it exits, while the interpreter is still whole; whether it
+    has one to destroy.
 
-    Lightning destroys the process group at exit for NCCL only. A gloo group (every CPU run) left to the interpreter's
-    shutdown can abort the process after its work is done: gloo's threads still hold tensors when Python is torn
-    down, and the process ends by SIGABRT ("terminate called without an active exception"), a finished run reported
-    as failed. Without a process group, or where the body's process did not start one (the main process of
-    ``ddp_spawn``), this does nothing.
+    Lightning registers this at exit for NCCL only. A gloo group (every CPU run) left to the interpreter's shutdown can
+    abort the process after its work is done: gloo's threads still hold tensors as Python is torn down, and the
+    process ends by SIGABRT ("terminate called without an active exception"). A relaunched rank then exits non-zero,
+    a spawned worker makes Lightning raise: a finished run reads as failed. Registered once per process, however
+    often this is called.
 
     Example:
-        >>> with ending_process_group():
-        ...     torch.distributed.is_initialized()
+        >>> end_process_group_at_exit()  # no process group here
         False
     """
-    try:
-        yield
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    atexit.unregister(_destroy_process_group)
+    atexit.register(_destroy_process_group)
+    return True
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+class EndProcessGroupAtExit(pl.Callback):
+    """:func:`end_process_group_at_exit` in each process of a fit, validate or test, once its process group is up (the
+    ``setup`` hook runs in relaunched ranks and spawned workers alike); nothing in a single process."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        end_process_group_at_exit()
 
 
 def block_classes(model: nn.Module) -> set[str]:

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_smart import EMATeacherCallback, SmartConfig, sample_noise
+from lightning_smart.sharding import EndProcessGroupAtExit
 from lightning_smart.tasks import SequenceTask
 from tests.helpers.models import tiny_bert, token_examples
 
@@ -51,7 +52,7 @@ def _run(folder: Path, devices: int) -> None:
     run = pl.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto", max_steps=STEPS,
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[teacher, Record(folder, teacher)], use_distributed_sampler=False,
+        callbacks=[teacher, Record(folder, teacher), EndProcessGroupAtExit()], use_distributed_sampler=False,
     )
     run.fit(task, datamodule=Halves())
 

@@ -56,7 +56,7 @@ from lightning_smart.app.sweep import FailedJob
 from lightning_smart.app.text_attacks import TextAttackEvaluation
 from lightning_smart.config import ConfigError, SmartConfig
 from lightning_smart.data import SFTDataModule, TaggingDataModule
-from lightning_smart.sharding import ending_process_group, is_sharded
+from lightning_smart.sharding import EndProcessGroupAtExit, is_sharded
 from lightning_smart.tasks import CausalLMTask, FineTuneTask, SequenceTask, TokenTask
 from lightning_smart.teacher import EMATeacherCallback
 
@@ -113,7 +113,7 @@ def build(cfg: DictConfig, output_dir: str | Path) -> Run:
     callbacks, checkpoint = from_config(cfg, out, checked.metric)
     validation = ValidationCurve(checkpoint, checked.metric)
     teacher = None if checked.teacher is None else EMATeacherCallback.from_config(checked.teacher)
-    callbacks += [validation, RandomState(), *([teacher] if teacher else [])]
+    callbacks += [validation, RandomState(), EndProcessGroupAtExit(), *([teacher] if teacher else [])]
     loggers: list[Logger] = [instantiate(spec, save_dir=str(out)) for spec in (cfg.logger or {}).values() if spec]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(out),
                           enable_progress_bar=cfg.progress_bar, plugins=[AtomicCheckpointIO()])
@@ -206,15 +206,8 @@ def main(cfg: DictConfig) -> float | FailedJob:
     In a sweep, a job that raises after its config was accepted leaves its error in its folder (``summary.json``
     marked failed, ``error.txt`` with the traceback) and returns a :class:`~lightning_smart.app.sweep.FailedJob`, so
     that the sweep goes on; :class:`~lightning_smart.app.sweep.AggregateSweep` names it in the reports and ends the
-    command with exit status 1. A config error stops the sweep at once; a single run raises either error. Each
-    process of a multi-process run ends its process group here (:func:`~lightning_smart.sharding.ending_process_group`).
+    command with exit status 1. A config error stops the sweep at once; a single run raises either error.
     """
-    with ending_process_group():
-        return _run_job(cfg)
-
-
-def _run_job(cfg: DictConfig) -> float | FailedJob:
-    """:func:`main`'s job: train, or record the failure and return it in a sweep."""
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     in_sweep = hydra_config.mode == RunMode.MULTIRUN

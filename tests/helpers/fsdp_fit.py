@@ -42,7 +42,7 @@ from lightning_smart import EMATeacherCallback, SmartConfig
 from lightning_smart.app.checkpoints import AtomicModelCheckpoint, LastCheckpoint
 from lightning_smart.app.export import export_pretrained
 from lightning_smart.ema import ShardedEMA, eval_mode
-from lightning_smart.sharding import ending_process_group, shard_transformer
+from lightning_smart.sharding import EndProcessGroupAtExit, shard_transformer
 from lightning_smart.tasks import CausalLMTask, SequenceTask
 from tests.helpers.models import VOCAB, tiny_bert, token_examples
 
@@ -192,7 +192,8 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.steps,
         logger=False, enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-        callbacks=[teacher, checkpoint, last], num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[teacher, checkpoint, last, EndProcessGroupAtExit()], num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     rows = examples(kind, args.steps * GLOBAL_BATCH)
     rank, world = (trainer.global_rank, trainer.world_size)
@@ -218,5 +219,4 @@ def _word_level() -> Any:
 
 
 if __name__ == "__main__":
-    with ending_process_group():  # each rank, or gloo's threads can abort the interpreter's exit (SIGABRT)
-        main()
+    main()

@@ -1,14 +1,15 @@
-"""One rank of two over gloo: collectives, then the end of the script, inside ``ending_process_group`` or not.
+"""One rank of two over gloo: collectives, then the end of the script, with ``end_process_group_at_exit`` or not.
 
     python tests/helpers/gloo_exit.py RANK PORT ended|left
 
-Without the group's destruction, torch's gloo threads can abort the interpreter's exit (SIGABRT, "terminate called
-without an active exception") after the work is done; :mod:`test_fsdp` runs pairs of this script.
+Its last words, from the first exit handler registered (so the last to run): ``group at exit: False`` once the
+group has been destroyed. Without that, torch's gloo threads can abort the interpreter's exit (SIGABRT, "terminate
+called without an active exception") after the work is done; :mod:`test_fsdp` runs pairs of this script.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import os
 import sys
 
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from lightning_smart.sharding import ending_process_group
+from lightning_smart.sharding import end_process_group_at_exit
 
 
 def work(rank: int, port: int) -> None:
@@ -30,5 +31,7 @@ def work(rank: int, port: int) -> None:
 
 if __name__ == "__main__":
     rank, port, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    with ending_process_group() if how == "ended" else contextlib.nullcontext():
-        work(rank, port)
+    atexit.register(lambda: print(f"group at exit: {dist.is_initialized()}", flush=True))
+    work(rank, port)
+    if how == "ended":
+        assert end_process_group_at_exit() and end_process_group_at_exit()  # twice: still one destroy at exit
