@@ -9,10 +9,12 @@ writes, beside :mod:`lightning_smart.app.sweep`'s aggregate, in the sweep's fold
   with its error, and those that learned nothing); seconds per run and the ratio to plain; peak memory; a flag
   when plain's validation curve has not peaked; with ``eval.robust_radii``, robust accuracy at each radius on each
   split, paired the same way; with ``eval.text_attacks``, the accuracy under each text attack on each split, paired
-  the same way; one plain-language line per setting that weighs the robustness a setting bought against its clean,
+  the same way, and each attack's success rate (of the examples first right) paired in a table of its own, where + is
+  fewer flipped than plain's: it tells a loss under attack that is the clean loss from a setting the attack breaks
+  more often; one plain-language line per setting that weighs the robustness a setting bought against its clean,
   out-of-domain and time cost, and says whether a gain under the embedding-space attack holds under the text attacks;
 - ``compare.csv``: the same numbers, one row per setting, split and radius or text attack (both empty for the clean
-  metric);
+  metric; ``<attack>_success_rate`` for a success rate, whose difference is plain's minus the setting's);
 - ``compare.png``: the paired differences with their intervals.
 
 Plain is the setting whose runs have ``smart.lambda_s = 0`` and no teacher. The statistics are
@@ -39,6 +41,8 @@ ROBUST = "robust_acc@"
 """The prefix of robust accuracy's metrics in ``summary.json`` (``robust_acc@0.1``: at radius 0.1)."""
 TEXT_ACC = "_acc"
 """The suffix of the accuracy under a text attack in ``summary.json`` (``deepwordbug_acc``)."""
+SUCCESS = "_success_rate"
+"""The suffix of a text attack's success rate in ``summary.json`` (``deepwordbug_success_rate``), and of its column."""
 
 
 @dataclass
@@ -46,8 +50,9 @@ class SplitRow:
     """One setting on one split (and radius): its spread over seeds and its paired difference from plain (points).
 
     ``radius`` is the attack's radius for robust accuracy, ``attack`` the text attack's name for the accuracy under
-    it; both are ``None`` for the monitored metric. ``n`` counts the runs that trained; ``failed`` the setting's runs
-    that raised or learned nothing (:func:`failed`).
+    it, or that name with :data:`SUCCESS` for its success rate (whose difference is plain's minus the setting's, so
+    that + is fewer flipped); both are ``None`` for the monitored metric. ``n`` counts the runs that trained;
+    ``failed`` the setting's runs that raised or learned nothing (:func:`failed`).
     """
 
     setting: str
@@ -98,13 +103,17 @@ def lower_is_better(metric: str) -> bool:
 
 
 Column = tuple[str, "float | str | None"]
-"""A split and what is measured on it: a radius (robust accuracy), a text attack's name (the accuracy under it), or
-``None`` (the monitored metric)."""
+"""A split and what is measured on it: a radius (robust accuracy), a text attack's name (the accuracy under it), that
+name with :data:`SUCCESS` (its success rate), or ``None`` (the monitored metric)."""
+
+
+def _is_success(measure: float | str | None) -> bool:
+    return isinstance(measure, str) and measure.endswith(SUCCESS)
 
 
 def _scores(summary: dict[str, Any], metric: str) -> dict[Column, float]:
     """The monitored metric on validation and on each test split (points, ×100, or a loss's own units), robust
-    accuracy at each radius and the accuracy under each text attack (points)."""
+    accuracy at each radius, and the accuracy under each text attack and its success rate (points)."""
     name, scale = metric.removeprefix("val/"), 1.0 if lower_is_better(metric) else 100.0
     scores: dict[Column, float] = {("validation", None): scale * float(summary["score"])}
     for split, values in summary["test"].items():
@@ -116,6 +125,8 @@ def _scores(summary: dict[str, Any], metric: str) -> dict[Column, float]:
                 scores[split, float(key.removeprefix(ROBUST))] = 100.0 * float(value)
             elif key.endswith(TEXT_ACC) and key.removesuffix(TEXT_ACC) in ATTACKS:
                 scores[split, key.removesuffix(TEXT_ACC)] = 100.0 * float(value)
+            elif key.endswith(SUCCESS) and key.removesuffix(SUCCESS) in ATTACKS:
+                scores[split, key] = 100.0 * float(value)
     return scores
 
 
@@ -159,7 +170,8 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: 
     columns = ([c for c in found if c[1] is None]
                + sorted((c for c in found if isinstance(c[1], float)), key=lambda c: (order.index(c[0]), c[1]))
                + sorted((c for c in found if isinstance(c[1], str)),
-                        key=lambda c: (order.index(c[0]), ATTACKS.index(str(c[1])))))
+                        key=lambda c: (_is_success(c[1]), order.index(c[0]),  # accuracies, then success rates
+                                       ATTACKS.index(str(c[1]).removesuffix(SUCCESS)))))
     seconds = {s: statistics.median(_seconds(m) for m in mine) if mine else None for s, mine in done.items()}
     memory = {s: [m["peak_memory"]["mib"] for m in mine if m.get("peak_memory")] for s, mine in done.items()}
     curve = stats.median_curve([[tuple(p) for p in m.get("curve", [])] for m in done[plain_name]])
@@ -177,7 +189,8 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: 
             if not values:
                 continue
             median, q1, q3 = stats.quartiles(values)
-            sign = better if column[1] is None else 1.0  # accuracy under an attack: higher is better
+            # accuracy under an attack: higher is better; an attack's success rate: lower is
+            sign = better if column[1] is None else -1.0 if _is_success(column[1]) else 1.0
             diffs = [sign * d for d in stats.paired_differences(
                 {k: v[column] for k, v in by_seed[setting].items() if column in v},
                 {k: v[column] for k, v in by_seed[plain_name].items() if column in v})]
@@ -222,7 +235,7 @@ def _label(column: Column) -> str:
     split, measure = column
     if measure is None:
         return split
-    return f"{split} {measure}" if isinstance(measure, str) else f"{split} @{measure:g}"
+    return f"{split} {measure.removesuffix(SUCCESS)}" if isinstance(measure, str) else f"{split} @{measure:g}"
 
 
 def _attack(runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -251,7 +264,8 @@ def _text_attacks(runs: dict[str, list[dict[str, Any]]]) -> str:
 def _text_verdict(at: dict[tuple[str, str, float | str | None], SplitRow], setting: str, radii: list[float],
                   attacks: list[str]) -> str:
     """Whether a gain under the embedding-space attack (an interval above 0 on validation at some radius) holds under
-    the text attacks on validation, said no stronger than their intervals; empty without text attacks."""
+    the text attacks on validation, said no stronger than their intervals, with the attacks' success rates against
+    plain's; empty without text attacks."""
     gained = [r for r in radii if (row := at.get((setting, "validation", r))) is not None
               and row.diff_low is not None and row.diff_low > 0]
     text = [(a, row) for a in attacks if (row := at.get((setting, "validation", a))) is not None
@@ -259,13 +273,17 @@ def _text_verdict(at: dict[tuple[str, str, float | str | None], SplitRow], setti
     if not text:
         return ""
     said = ", ".join(f"{a} {stats.interval(_difference(row))}" for a, row in text)
+    flipped = ", ".join(f"{a} {stats.interval(_difference(row))}" for a in attacks
+                        if (row := at.get((setting, "validation", a + SUCCESS))) is not None
+                        and row.diff_mean is not None)
+    rates = f" Success rates against plain's (+ is fewer flipped): {flipped} points." if flipped else ""
     unmatched = [a for a, row in text if not (row.diff_low is not None and row.diff_low > 0)]
     if not gained:
-        return f" Under the text attacks, on validation: {said} points."
+        return f" Under the text attacks, on validation: {said} points.{rates}"
     if unmatched:
         return (f" Its embedding-space gain (at {', '.join(f'{r:g}' for r in gained)}) is **not matched** under"
-                f" {', '.join(unmatched)}: on validation {said} points.")
-    return f" Its embedding-space gain holds under every text attack: on validation {said} points."
+                f" {', '.join(unmatched)}: on validation {said} points.{rates}")
+    return f" Its embedding-space gain holds under every text attack: on validation {said} points.{rates}"
 
 
 def _robustness(at: dict[tuple[str, str, float | str | None], SplitRow], setting: str, radii: list[float],
@@ -297,7 +315,9 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
     ood = {split for mine in runs.values() for m in mine for split in (m["config"].get("data") or {}).get("ood") or []}
     clean = [c for c in columns if c[1] is None]
     robust = [c for c in columns if isinstance(c[1], float)]
-    text = [c for c in columns if isinstance(c[1], str)]
+    text = [c for c in columns if isinstance(c[1], str) and not _is_success(c[1])]
+    flips = [c for c in columns if _is_success(c[1])]
+    paired_columns = [c for c in columns if c not in flips]
     splits = [split for split, _ in clean]
     lower = lower_is_better(metric)
     unit = "its own units, lower is better" if lower else "points, ×100"
@@ -331,14 +351,15 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
         lines += [f"| {setting} | " + " | ".join(medians(setting, text)) + " |" for setting in settings]
     signed = "plain minus the setting, so + is a gain" if lower else "points"
     lines += ["", f"Paired difference from plain ({signed}; mean over seeds, bootstrap 95% interval over seeds):", "",
-              "| setting | seeds | " + " | ".join(map(_label, columns)) + " |", "|---" * (len(columns) + 2) + "|"]
+              "| setting | seeds | " + " | ".join(map(_label, paired_columns)) + " |",
+              "|---" * (len(paired_columns) + 2) + "|"]
     verdicts = []
     for setting in settings:
         if setting == plain:
             continue
         val = at.get((setting, "validation", None))
         seeds = val.seeds_paired if val else 0
-        cells = [_cell(at.get((setting, split, radius))) for split, radius in columns]
+        cells = [_cell(at.get((setting, split, radius))) for split, radius in paired_columns]
         lines.append(f"| {setting} | {seeds} | " + " | ".join(cells) + " |")
         if val is not None and val.diff_mean is not None:
             said = stats.verdict(_difference(val), seeds, time_ratio=None if robust or text else val.time_ratio,
@@ -352,6 +373,14 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
             said += _robustness(at, setting, radii, splits[1:], ood, val, tests)
             said += _text_verdict(at, setting, radii, [str(a) for a in dict.fromkeys(a for _, a in text)])
             verdicts.append(f"- **{setting}**: {said}")
+    if flips:
+        lines += ["", "The text attacks' success rates (points: of the examples first right, the share the attack"
+                  " flipped), paired difference from plain (plain's minus the setting's, so + is fewer flipped; mean"
+                  " over seeds, bootstrap 95% interval over seeds). A loss under attack with a success rate like"
+                  " plain's is the clean loss carried through:", "",
+                  "| setting | " + " | ".join(map(_label, flips)) + " |", "|---" * (len(flips) + 1) + "|"]
+        lines += [f"| {setting} | " + " | ".join(_cell(at.get((setting, *c))) for c in flips) + " |"
+                  for setting in settings if setting != plain]
     points = ", ".join(f"{step}: {value:.3f}" if lower else f"{step}: {100 * value:.1f}" for step, value in curve)
     lines += ["", f"Plain's median validation curve (step: {metric}): {points or 'not recorded'}."]
     if unpeaked:
@@ -373,7 +402,7 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
 def plot(rows: list[SplitRow], path: Path) -> Path | None:
     """``compare.png``: each setting's paired difference from plain, per split (and radius, for robust accuracy),
     with its 95% interval."""
-    paired = [r for r in rows if r.diff_mean is not None]
+    paired = [r for r in rows if r.diff_mean is not None and not _is_success(r.attack)]  # accuracies: + is a gain
     if not paired:
         return None
     columns = list(dict.fromkeys((r.split, r.measure) for r in paired))
