@@ -9,12 +9,12 @@ writes, beside :mod:`lightning_smart.app.sweep`'s aggregate, in the sweep's fold
   with its error, and those that learned nothing); seconds per run and the ratio to plain; peak memory; a flag
   when plain's validation curve has not peaked; with ``eval.robust_radii``, robust accuracy at each radius on each
   split, paired the same way; with ``eval.text_attacks``, the accuracy under each text attack on each split, paired
-  the same way, and each attack's success rate (of the examples first right) paired in a table of its own, where + is
+  the same way, and each attack's success rate (of the examples first right) paired in a table of its own, where − is
   fewer flipped than plain's: it tells a loss under attack that is the clean loss from a setting the attack breaks
   more often; one plain-language line per setting that weighs the robustness a setting bought against its clean,
   out-of-domain and time cost, and says whether a gain under the embedding-space attack holds under the text attacks;
 - ``compare.csv``: the same numbers, one row per setting, split and radius or text attack (both empty for the clean
-  metric; ``<attack>_success_rate`` for a success rate, whose difference is plain's minus the setting's);
+  metric; ``<attack>_success_rate`` for a success rate, where a negative difference is fewer flipped);
 - ``compare.png``: the paired differences with their intervals.
 
 Plain is the setting whose runs have ``smart.lambda_s = 0`` and no teacher. The statistics are
@@ -50,8 +50,8 @@ class SplitRow:
     """One setting on one split (and radius): its spread over seeds and its paired difference from plain (points).
 
     ``radius`` is the attack's radius for robust accuracy, ``attack`` the text attack's name for the accuracy under
-    it, or that name with :data:`SUCCESS` for its success rate (whose difference is plain's minus the setting's, so
-    that + is fewer flipped); both are ``None`` for the monitored metric. ``n`` counts the runs that trained;
+    it, or that name with :data:`SUCCESS` for its success rate (a negative difference: fewer flipped than plain's);
+    both are ``None`` for the monitored metric. ``n`` counts the runs that trained;
     ``failed`` the setting's runs that raised or learned nothing (:func:`failed`).
     """
 
@@ -189,8 +189,7 @@ def compare(names: Sequence[str], summaries: Sequence[dict[str, Any]], folders: 
             if not values:
                 continue
             median, q1, q3 = stats.quartiles(values)
-            # accuracy under an attack: higher is better; an attack's success rate: lower is
-            sign = better if column[1] is None else -1.0 if _is_success(column[1]) else 1.0
+            sign = better if column[1] is None else 1.0  # under an attack: the setting's minus plain's
             diffs = [sign * d for d in stats.paired_differences(
                 {k: v[column] for k, v in by_seed[setting].items() if column in v},
                 {k: v[column] for k, v in by_seed[plain_name].items() if column in v})]
@@ -276,7 +275,7 @@ def _text_verdict(at: dict[tuple[str, str, float | str | None], SplitRow], setti
     flipped = ", ".join(f"{a} {stats.interval(_difference(row))}" for a in attacks
                         if (row := at.get((setting, "validation", a + SUCCESS))) is not None
                         and row.diff_mean is not None)
-    rates = f" Success rates against plain's (+ is fewer flipped): {flipped} points." if flipped else ""
+    rates = f" Success rates against plain's (− is fewer flipped): {flipped} points." if flipped else ""
     unmatched = [a for a, row in text if not (row.diff_low is not None and row.diff_low > 0)]
     if not gained:
         return f" Under the text attacks, on validation: {said} points.{rates}"
@@ -375,7 +374,7 @@ def _markdown(rows: list[SplitRow], settings: list[str], plain: str, columns: li
             verdicts.append(f"- **{setting}**: {said}")
     if flips:
         lines += ["", "The text attacks' success rates (points: of the examples first right, the share the attack"
-                  " flipped), paired difference from plain (plain's minus the setting's, so + is fewer flipped; mean"
+                  " flipped), paired difference from plain (the setting's minus plain's, so − is fewer flipped; mean"
                   " over seeds, bootstrap 95% interval over seeds). A loss under attack with a success rate like"
                   " plain's is the clean loss carried through:", "",
                   "| setting | " + " | ".join(map(_label, flips)) + " |", "|---" * (len(flips) + 1) + "|"]
