@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from lightning_smart.app.checks import check, check_checkpoint, data_module
@@ -88,20 +88,13 @@ def _teacher_errors(out: Path, kind: str) -> list[float]:
     return errors
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on now, for a pair of ranks to meet at."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.slow  # 16 processes
 def test_gloo_ranks_that_end_their_group_at_exit_destroy_it_and_exit_cleanly() -> None:
     # Left to the interpreter's exit (gloo_exit.py's "left"), the group aborted 3 of 12 such pairs here (SIGABRT,
     # torch 2.13), and a finished multi-process run failed in CI. At that rate, 8 pairs exit cleanly without
     # end_process_group_at_exit about 10% of the time; its exit handler's effect is checked on every rank.
     for _ in range(8):
-        port = free_port()
+        port = find_free_network_port()  # Lightning's: where the pair of ranks meets
         pairs = [subprocess.Popen([sys.executable, str(GLOO_EXIT), str(rank), str(port), "ended"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
         outputs = [p.communicate(timeout=120)[0] for p in pairs]
